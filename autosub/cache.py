@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .blocks import Partition
 from .data import Inputs, Split, take
-from .splitting import Slot, capture, eval_mode, verify
+from .splitting import SKIP, Slot, capture, eval_mode, replay, verify
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class ActivationCache:
         self._disk_dir = disk_dir
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._entries: dict[tuple[str, int], _Entry] = {}
-        self._verdicts: dict[int, str | None] = {}
+        self._verdicts: dict[int, tuple[str | None, str | None]] = {}
         self._used = {"gpu": 0, "ram": 0, "disk": 0}
         first = next(iter(splits.values()))
         self.stand_in: Inputs = _to(take(first.inputs, slice(0, 1)), self.device)
@@ -97,9 +97,23 @@ class ActivationCache:
             probe = next(iter(self.splits.values()))
             inputs = _to(take(probe.inputs, slice(0, min(4, len(probe)))), self.device)
             self._verdicts[boundary] = verify(self.model, self.partition, boundary, inputs)
-            if self._verdicts[boundary]:
-                log.warning("prefix cache off at boundary %d: %s", boundary, self._verdicts[boundary])
-        return self._verdicts[boundary]
+            if self._verdicts[boundary][1]:
+                log.warning("prefix cache off at boundary %d: %s", boundary, self._verdicts[boundary][1])
+        return self._verdicts[boundary][1]
+
+    def mode(self, boundary: int) -> str | None:
+        """The replay mode verified for ``boundary`` ("stand_in" or "skip"), None if it cannot be cached."""
+        self.usable(boundary)
+        return self._verdicts[boundary][0]
+
+    def run(self, model: nn.Module, split: str, boundary: int, rows: torch.Tensor):
+        """Forward ``model`` (a copy of the cached one with the same structure) from ``boundary`` for ``rows``."""
+        slots, tensors = self.batch(split, boundary, rows)
+        if self.mode(boundary) == SKIP:
+            examples = rows % len(self.splits[split])
+            return replay(model, self.partition, boundary, slots, tensors,
+                          _to(take(self.splits[split].inputs, examples), self.device), mode=SKIP)
+        return replay(model, self.partition, boundary, slots, tensors, self.stand_in)
 
     def has(self, split: str, boundary: int) -> bool:
         return (split, boundary) in self._entries

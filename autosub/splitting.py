@@ -7,9 +7,13 @@ Works on any architecture through forward pre-hooks, without knowing its ``forwa
 * **replay** — the model runs on a one-example *stand-in*; the pre-hook swaps the stand-in's arguments for
   the cached batch. The frozen prefix thus costs one example instead of a batch, and everything from the
   boundary on runs on the real batch with autograd.
+* **skip replay** — for models whose tail reads the model's own inputs (a text classifier pools with the
+  attention mask), the real batch goes in, the stem runs on it, and the blocks before the boundary are
+  replaced by the identity for that call.
 
 A model whose later layers reuse prefix tensors (cross-boundary skips) would silently broadcast the
-stand-in, so every boundary is verified against a plain forward before it is used (``verify``).
+stand-in, so every boundary is verified against a plain forward before it is used (``verify``), and one whose
+modes both fail trains without the cache.
 """
 from __future__ import annotations
 
@@ -125,15 +129,26 @@ def capture(
     return found
 
 
+STAND_IN = "stand_in"
+SKIP = "skip"
+
+
 def replay(
     model: nn.Module,
     partition: Partition,
     boundary: int,
     slots: list[Slot],
     tensors: list[torch.Tensor],
-    stand_in: Inputs,
+    inputs: Inputs,
+    *,
+    mode: str = STAND_IN,
 ) -> Any:
-    """Run ``model`` from ``boundary`` on cached tensors; the prefix runs only on the 1-example ``stand_in``."""
+    """Run ``model`` from ``boundary`` on cached tensors.
+
+    ``mode="stand_in"``: ``inputs`` is a one-example stand-in and the whole prefix runs on it.
+    ``mode="skip"``: ``inputs`` is the real batch (the tail reads it, e.g. a text model pools with its attention
+    mask); the stem runs on it but every block before ``boundary`` is replaced by the identity.
+    """
 
     def hook(_module, args, kwargs):
         args = list(args)
@@ -145,30 +160,51 @@ def replay(
                 kwargs[slot.key] = t
         return tuple(args), kwargs
 
+    skipped = []
+    if mode == SKIP:
+        for block in partition.blocks[:boundary]:
+            for path in block.modules:
+                module = model.get_submodule(path)
+                module.forward = _identity  # instance attribute shadows the class's forward
+                skipped.append(module)
     handle = boundary_module(model, partition, boundary).register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        return _call_model(model, stand_in)
+        return _call_model(model, inputs)
     finally:
         handle.remove()
+        for module in skipped:
+            del module.forward
+
+
+def _identity(*args, **kwargs):
+    return args[0] if args else next(iter(kwargs.values()))
 
 
 def verify(
     model: nn.Module, partition: Partition, boundary: int, inputs: Inputs, *, atol: float = 1e-4
-) -> str | None:
-    """Check that replaying from ``boundary`` reproduces a plain forward; return the reason if not, else None."""
-    try:
-        with eval_mode(model), torch.no_grad():
-            expected = _call_model(model, inputs)
-            (slots, tensors) = capture(model, partition, [boundary], inputs)[boundary]
-            got = replay(model, partition, boundary, slots, tensors, take(inputs, slice(0, 1)))
-    except Exception as exc:  # any failure means: do not split this model here
-        return f"{type(exc).__name__}: {exc}"
-    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
-        return "the model's output is not a tensor"
-    if expected.shape != got.shape:
-        return f"replayed output has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    err = (expected - got).abs().max().item()
-    scale = max(1.0, expected.abs().max().item())
-    if err > atol * scale:
-        return f"replayed output differs from a plain forward by {err:.3g} (a cross-boundary skip?)"
-    return None
+) -> tuple[str | None, str | None]:
+    """Find a replay mode from ``boundary`` that reproduces a plain forward: ``(mode, None)`` or ``(None, reason)``.
+
+    The cheap stand-in mode is tried first, then the skip mode; ``inputs`` needs >= 2 distinct examples.
+    """
+    reasons = []
+    for mode in (STAND_IN, SKIP):
+        try:
+            with eval_mode(model), torch.no_grad():
+                expected = _call_model(model, inputs)
+                (slots, tensors) = capture(model, partition, [boundary], inputs)[boundary]
+                feed = take(inputs, slice(0, 1)) if mode == STAND_IN else inputs
+                got = replay(model, partition, boundary, slots, tensors, feed, mode=mode)
+        except Exception as exc:  # any failure means: not this mode
+            reasons.append(f"{mode}: {type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+            reasons.append(f"{mode}: the model's output is not a tensor")
+        elif expected.shape != got.shape:
+            reasons.append(f"{mode}: replayed output has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+        else:
+            err = (expected - got).abs().max().item()
+            if err <= atol * max(1.0, expected.abs().max().item()):
+                return mode, None
+            reasons.append(f"{mode}: replayed output differs from a plain forward by {err:.3g}")
+    return None, "; ".join(reasons) + " (the layers after the boundary read prefix tensors?)"

@@ -22,7 +22,7 @@ from .cache import ActivationCache, MemoryBudget, batch_ranges
 from .data import Inputs, Split, Task, take
 from .errors import ConfigError, DataError, check_positive
 from .heads import replace_head
-from .splitting import eval_mode, replay
+from .splitting import eval_mode
 from .subtune import FULL, Selection, first_boundary, freeze, normalize_selection, param_groups, set_modes
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,10 @@ EpochCallback = Callable[[int, float], None]
 
 @dataclass
 class FitResult:
-    """What one training run produced. ``score`` is the last epoch's validation accuracy."""
+    """What one training run produced. ``score`` is the last epoch's validation accuracy.
+
+    ``wall_time`` covers everything (copy, cache fill, evaluation); ``examples_per_s`` only the training steps.
+    """
 
     selection: Selection
     score: float
@@ -152,12 +155,12 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     curve, losses = [], []
-    seen = 0
-    train_start = time.perf_counter()
+    seen, step_time = 0, 0.0
     bar = tqdm(total=epochs * steps_per_epoch, desc=f"fit {_label(sel)}", disable=not progress, leave=False)
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
+        epoch_start = time.perf_counter()
         for s in range(0, n, batch_size):
             idx = perm[s : s + batch_size]
             y = task.train.targets[idx].to(dev)
@@ -166,8 +169,7 @@ def fit(
                     rows = idx
                     if shared.views > 1:
                         rows = idx + n * torch.randint(shared.views, (len(idx),), generator=gen)
-                    slots, tensors = shared.batch("train", boundary, rows)
-                    out = replay(work, partition, boundary, slots, tensors, shared.stand_in)
+                    out = shared.run(work, "train", boundary, rows)
                 else:
                     x = take(task.train.inputs, idx)
                     if augmented:
@@ -181,6 +183,7 @@ def fit(
             total += loss.item() * len(idx)
             count += len(idx)
             bar.update(1)
+        step_time += time.perf_counter() - epoch_start
         seen += count
         losses.append(total / count)
         score = evaluate(work, task.val, cache=shared if "val" in cached_splits else None, boundary=boundary,
@@ -191,14 +194,13 @@ def fit(
         if callback is not None:
             callback(epoch, score)
     bar.close()
-    train_time = time.perf_counter() - train_start
     return FitResult(
         selection=sel,
         score=curve[-1],
         curve=curve,
         train_loss=losses,
         wall_time=time.perf_counter() - start,
-        examples_per_s=seen / max(train_time, 1e-9),
+        examples_per_s=seen / max(step_time, 1e-9),
         trainable_params=n_trainable,
         epochs=epochs,
         hparams={"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "epochs": epochs,
@@ -230,8 +232,7 @@ def evaluate(
         for start, stop in batch_ranges(len(split), batch_size):
             idx = torch.arange(start, stop)
             if use_cache:
-                slots, tensors = cache.batch(name, boundary, idx)
-                out = replay(model, partition, boundary, slots, tensors, cache.stand_in)
+                out = cache.run(model, name, boundary, idx)
             else:
                 out = model(_to_device(take(split.inputs, idx), dev, channels_last=dev.type == "cuda"))
             correct += (out.argmax(-1).cpu() == split.targets[idx]).sum().item()

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny offline models and tasks that make every test run in seconds on a CPU."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_image_task(n: int = 96, px: int = 32, classes: int = 4, seed: int = 0, *, learnable: bool = True):
+    """A seeded image task; with ``learnable`` the class is written into the mean of one colour channel."""
+    from autosub.data import Split, Task
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = torch.randn(n, 3, px, px, generator=g)
+    if learnable:
+        x[:, 0] += (y.float() - classes / 2).view(-1, 1, 1)
+    k = int(n * 0.75)
+    return Task(Split(x[:k], y[:k], name="train"), Split(x[k:], y[k:], name="val"), classes)
+
+
+@pytest.fixture(scope="session")
+def image_task():
+    return make_image_task()
+
+
+@pytest.fixture(scope="session")
+def test_resnet():
+    """timm's CI-sized ResNet (4 blocks), untrained, eval mode."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False).eval()
