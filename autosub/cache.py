@@ -44,6 +44,15 @@ class MemoryBudget:
     ram: int = field(default_factory=default_ram_budget)
     disk: int = 32 * GiB
 
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> "MemoryBudget":
+        """The default budget; on CUDA, a quarter of the GPU memory free now goes to the GPU tier."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return cls(gpu=free // 4)
+        return cls()
+
 
 @dataclass
 class _Entry:
@@ -78,7 +87,7 @@ class ActivationCache:
         self.splits = splits
         self.device = torch.device(device)
         self.batch_size = max(2, batch_size)
-        self.budget = budget or MemoryBudget()
+        self.budget = budget or MemoryBudget.for_device(self.device)
         self.views = views
         self.transform = transform
         self.progress = progress

@@ -37,3 +37,13 @@ def test_resnet():
 
     torch.manual_seed(0)
     return timm.create_model("test_resnet", pretrained=False).eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.gpu`` tests on machines without CUDA (CI and the developers' machines)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
