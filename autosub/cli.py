@@ -23,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
     model = zoo.efficientnet_lite0()
     part = discover_blocks(model)
     task = datasets.mnist(model=model, image_size=args.image_size, samples_per_class=args.samples_per_class,
-                          seed=args.seed)
+                          val_fraction=0.1, seed=args.seed)
     n_blocks = len(part)
     singles = args.blocks if args.blocks is not None else sorted({n_blocks - 1, (2 * n_blocks) // 3, n_blocks // 3})
     runs: list[tuple[str, object]] = [("linear probe", ()), *[(f"block {b} ({part[b].name})", (b,)) for b in singles],
