@@ -1,0 +1,285 @@
+"""backend="ray": same SearchResult as Optuna, a real two-node loopback cluster, retries, driver SIGKILL + restore.
+
+One two-node cluster (``ray start --head`` + ``ray start --address``, both on 127.0.0.2, 1 CPU each) serves the
+whole module; its processes are started in their own sessions and killed by process group at teardown, so no
+other Ray on the machine is touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(find_spec("ray") is None, reason="needs ray: pip install 'autosub[ray]'")
+
+HERE = Path(__file__).resolve().parent
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+SMALL = {"epochs": 2, "prior": None, "progress": False, "seed": 0}
+
+
+def _free_port(start: int) -> int:
+    for port in range(start, start + 200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.2", port)) != 0:
+                return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real two-node Ray cluster on 127.0.0.2 (1 CPU per node); yields its address, kills only its processes."""
+    import ray
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    tmp = tempfile.mkdtemp(prefix="asray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    env = {**os.environ, **ENV}
+    port = _free_port(6391)
+    address = f"127.0.0.2:{port}"
+    head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={_free_port(52365)}", f"--min-worker-port={_free_port(20000)}",
+            "--max-worker-port=20999"]
+    pgids = []
+    try:
+        for extra in (head, [f"--address={address}", f"--min-worker-port={_free_port(21000)}",
+                             "--max-worker-port=21999"]):
+            p = subprocess.Popen([ray_bin, "start", "--node-ip-address=127.0.0.2", "--num-cpus=1", *extra], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            pgids.append(p.pid)  # its own session: every process of this node (raylet, workers) is in group p.pid
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, out[-3000:]
+        old = {k: os.environ.get(k) for k in (*ENV, "RAY_ADDRESS")}
+        os.environ.update({**ENV, "RAY_ADDRESS": address})
+        yield {"address": address, "env": {**env, "RAY_ADDRESS": address}}
+        ray.shutdown()
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    finally:
+        for pgid in pgids:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def model():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def task():
+    from conftest import make_image_task
+    from autosub.data import Split, Task
+
+    t = make_image_task(n=96, px=16)
+    return Task(t.train, Split(t.val.inputs[:12], t.val.targets[:12], name="val"), t.num_classes,
+                test=Split(t.val.inputs[12:], t.val.targets[12:], name="test"))
+
+
+@pytest.fixture(scope="module")
+def ray_result(cluster, model, task, tmp_path_factory):
+    """One search on the two-node cluster through address="auto"."""
+    from autosub.search import search
+    from autosub.space import SearchSpace
+
+    run_dir = tmp_path_factory.mktemp("ray-run")
+    res = search(model, task, 6, backend="ray", address="auto", run_dir=run_dir, space=SearchSpace(max_blocks=2),
+                 resources_per_trial={"cpu": 1}, **SMALL)
+    return res, run_dir
+
+
+# ------------------------------------------------------------------------------------------------ results
+def test_ray_search_returns_the_same_result_as_the_optuna_backend(ray_result, model, task, tmp_path):
+    from autosub.result import SearchResult
+    from autosub.search import search
+    from autosub.space import SearchSpace
+
+    res, run_dir = ray_result
+    ref = search(model, task, 6, run_dir=tmp_path, space=SearchSpace(max_blocks=2), **SMALL)
+    assert isinstance(res, SearchResult) and res.config["backend"] == "ray"
+    assert list(res.trials.columns) == list(ref.trials.columns)
+    assert set(res.spent) == set(ref.spent) and res.spent["stop_reason"].startswith("trials")
+    assert res.storage.startswith("sqlite:///") and (run_dir / "study.db").exists()
+    done = [r for r in res.records if r.state == "COMPLETE"]
+    assert len([r for r in res.records if r.state in ("COMPLETE", "PRUNED")]) == 6 and done
+    assert res.score == max(r.values[0] for r in done) and 1 <= len(res.selection) <= 2
+    assert res.test_score is not None and 0.0 <= res.test_score <= 1.0
+    assert res.model(task.val.inputs[:3]).shape == (3, task.num_classes)
+    assert set(res.state) <= set(ref.model.state_dict())  # the tuned tensors of the final model
+    mine, theirs = {r.number: r for r in res.records}, {r.number: r for r in ref.records}
+    assert all(mine[n].params == theirs[n].params for n in mine)  # the same seeded proposals, in the same order
+    for n in mine:  # ... and the same scores (ASHA and Optuna's pruner may stop different trials)
+        if mine[n].state == theirs[n].state == "COMPLETE":
+            assert mine[n].values == pytest.approx(theirs[n].values)
+    for r in res.records:  # same record fields as in-process, plus where each ran
+        assert {"selection", "proposed_by", "trainable_params"} <= set(r.user_attrs)
+        assert {"node_id", "node_ip", "pid"} <= set(r.user_attrs) and r.user_attrs["node_ip"] == "127.0.0.2"
+        if r.state == "PRUNED":  # stopped by ASHA after epoch 1 of 2
+            assert list(r.intermediate) == [1]
+
+
+def test_trials_ran_on_both_nodes_of_the_cluster(ray_result):
+    import ray
+
+    res, _ = ray_result
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    used = {r.user_attrs["node_id"] for r in res.records}
+    assert len(alive) == 2 and used == alive
+
+
+def test_checkpoints_hold_only_the_tuned_tensors(ray_result, model):
+    from autosub.engines.ray import load_tuned
+
+    res, run_dir = ray_result
+    state = load_tuned(run_dir / "ray", res.best_trial)
+    assert state is not None and {"fc.weight", "fc.bias"} <= set(state) and set(state) == set(res.state)
+    assert not any(k.startswith(("conv1.", "bn1.")) for k in state)  # the frozen stem is not in the checkpoint
+    assert sum(v.numel() for v in state.values()) < sum(v.numel() for v in model.state_dict().values())
+    for name, tensor in state.items():  # the same tensors as the final model's (refit with the same seed)
+        assert torch.allclose(tensor, res.state[name], atol=1e-5), name
+
+
+# ----------------------------------------------------------------------------------------- fault tolerance
+DRIVER = textwrap.dedent("""
+    import json, os, sys, time
+    sys.path.insert(0, {tests!r})
+    import timm, torch
+    import autosub.train
+    from conftest import make_image_task
+    from autosub.search import search
+    from autosub.space import SearchSpace
+
+    real = autosub.train.fit
+    def paced(*args, **kwargs):  # slow trials down so the kill lands mid-search; the first one's worker dies
+        try:
+            os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            time.sleep(1.5)
+            return real(*args, **kwargs)
+        os._exit(1)  # a dead worker, as after an OOM kill: FailureConfig(max_failures) runs the trial again
+    autosub.train.fit = paced
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False).eval()
+    res = search(model, make_image_task(n=64, px=16), 6, backend="ray", address="auto", run_dir={run_dir!r},
+                 resume=sys.argv[1] == "resume", space=SearchSpace(max_blocks=2), epochs=2, prior=None,
+                 progress=False, seed=0)
+    print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "selection": list(res.selection)}}))
+""")
+
+
+def _finished(db: Path) -> dict[int, tuple[str, float | None]]:
+    """Finished trials straight from the study's SQLite file: number -> (state, value)."""
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute("SELECT t.number, t.state, v.value FROM trials t LEFT JOIN trial_values v "
+                               "ON v.trial_id = t.trial_id WHERE t.state != 'RUNNING' AND t.state != 'WAITING'")
+            return {int(n): (s, v) for n, s, v in rows}
+    except sqlite3.OperationalError:  # tables not created yet
+        return {}
+
+
+def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished_trial(cluster, tmp_path):
+    script = tmp_path / "driver.py"
+    marker = tmp_path / "crashed-once"
+    script.write_text(DRIVER.format(tests=str(HERE), run_dir=str(tmp_path / "run"), marker=str(marker)))
+    db = tmp_path / "run" / "study.db"
+    env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, str(script), "new"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 150
+    while time.time() < deadline and first.poll() is None:
+        if len(_finished(db)) >= 2:
+            break
+        time.sleep(0.3)
+    assert first.poll() is None, "the driver ended before it could be killed:\n" + first.stdout.read()[-3000:]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = _finished(db)
+    assert 2 <= len(before) < 6, before  # the kill landed mid-search
+
+    second = subprocess.run([sys.executable, str(script), "resume"], env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in second.stdout.splitlines() if line.startswith("RESULT ")))
+    after = _finished(db)
+    assert all(after[n] == v for n, v in before.items())  # every trial finished before the kill is kept as it was
+    ran = [n for n, (s, _) in after.items() if s in ("COMPLETE", "PRUNED")]
+    assert len(ran) == 6 and out["stop"].startswith("trials")  # ... and the search completed its budget
+    import optuna
+
+    failed = [t.user_attrs.get("fail_reason", "") for t in optuna.load_study(
+        study_name="autosub", storage=f"sqlite:///{db}").trials if t.state.name == "FAIL"]
+    assert marker.exists() and all(r.startswith("lost") for r in failed)  # the dead worker's trial was retried
+    assert os.listdir(tmp_path / "run" / "ray") == ["autosub"]  # the same Tune experiment, restored
+
+
+# ---------------------------------------------------------------------------------------- optional extra
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+def test_import_autosub_does_not_import_ray():
+    p = _python("""
+        import sys, autosub, autosub.search, autosub.engines, autosub.engines.optuna
+        assert autosub.search and "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))
+    """)
+    assert p.returncode == 0, p.stderr
+
+
+def test_backend_ray_without_ray_says_how_to_install_it_before_any_work():
+    p = _python("""
+        import sys
+        sys.modules["ray"] = None  # as if ray were not installed
+        from autosub.engines import get_engine
+        from autosub.errors import MissingDependencyError
+        from autosub.search import search
+        for call in (lambda: get_engine("ray"), lambda: search(None, None, 3, backend="ray", run_dir="/nonexistent")):
+            try:
+                call()
+            except MissingDependencyError as exc:
+                assert "pip install 'autosub[ray]'" in str(exc), exc
+            else:
+                raise SystemExit("no error")
+    """)
+    assert p.returncode == 0, p.stderr + p.stdout
+
+
+def test_ray_options_are_checked_before_any_work(model, task, tmp_path):
+    from autosub.errors import ConfigError
+    from autosub.search import search
+
+    with pytest.raises(ConfigError, match="only to backend='ray'"):
+        search(model, task, 2, address="auto", run_dir=tmp_path, **SMALL)
+    with pytest.raises(ConfigError, match="resources_per_trial"):
+        search(model, task, 2, backend="ray", resources_per_trial={"gpu": -1}, run_dir=tmp_path, **SMALL)
+    with pytest.raises(ConfigError, match="fractional 'gpu'"):
+        search(model, task, 2, backend="ray", resources_per_trial={"cpu": 1, "gpu": 1.5}, run_dir=tmp_path,
+               **SMALL)
+
+
+def test_a_trial_that_fits_no_node_fails_before_any_work(cluster, model, task, tmp_path):
+    from autosub.errors import ConfigError
+    from autosub.search import search
+
+    with pytest.raises(ConfigError, match="No trial fits the Ray cluster"):
+        search(model, task, 2, backend="ray", address="auto", resources_per_trial={"cpu": 1, "gpu": 0.5},
+               run_dir=tmp_path, **SMALL)
+    assert not (tmp_path / "ray").exists()  # nothing ran
