@@ -17,7 +17,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .blocks import discover_blocks
     from .cache import ActivationCache
     from .heads import replace_head
-    from .train import evaluate, fit
+    from .train import evaluate, fit, resolve_device
 
     torch.manual_seed(args.seed)
     model = zoo.efficientnet_lite0()
@@ -32,8 +32,9 @@ def _demo(args: argparse.Namespace) -> int:
           f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test examples at {args.image_size}px, "
           f"{args.epochs} epochs each")
     start = time.perf_counter()
-    work = replace_head(copy.deepcopy(model), task.num_classes, seed=args.seed)
-    cache = ActivationCache(work, part, {"train": task.train, "val": task.val}, batch_size=128)
+    device = resolve_device(None)
+    work = replace_head(copy.deepcopy(model), task.num_classes, seed=args.seed).to(device)
+    cache = ActivationCache(work, part, {"train": task.train, "val": task.val}, device=device, batch_size=128)
     cache.ensure([b for _, sel in runs if sel != "all" for b in ([min(sel)] if sel else [n_blocks])])
     rows = []
     for label, sel in tqdm(runs, desc="autosub demo", unit="run"):

@@ -118,6 +118,9 @@ def fit(
     dev = resolve_device(device)
     amp = dev.type == "cuda" if amp is None else amp
     shared = cache if isinstance(cache, ActivationCache) else None
+    if shared is not None and shared.device != dev:
+        raise ConfigError(f"The cache holds activations for device {shared.device} but fit runs on {dev}; build the "
+                          f"ActivationCache with device={str(dev)!r} or pass device={str(shared.device)!r} to fit.")
     work = replace_head(copy.deepcopy(model), task.num_classes, seed=seed).to(dev)
     if partition is None or type(work) is not type(model):
         partition = discover_blocks(work)

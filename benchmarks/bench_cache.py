@@ -28,6 +28,7 @@ from machine import describe_machine  # noqa: E402
 
 from autosub import ActivationCache, discover_blocks, fit, replace_head  # noqa: E402
 from autosub.data import Split, Task  # noqa: E402
+from autosub.train import resolve_device  # noqa: E402
 
 
 def make_model(name: str):
@@ -67,8 +68,9 @@ def bench_model(name: str, task: Task, *, batch_size: int, epochs: int, seed: in
     full = fit(model, task, "all", cache=False, **kw)
     full_epoch = n / full.examples_per_s
     t0 = time.perf_counter()
-    work = replace_head(copy.deepcopy(model), task.num_classes, seed=seed)
-    cache = ActivationCache(work, part, {"train": task.train, "val": task.val}, batch_size=128)
+    device = resolve_device(None)
+    work = replace_head(copy.deepcopy(model), task.num_classes, seed=seed).to(device)
+    cache = ActivationCache(work, part, {"train": task.train, "val": task.val}, device=device, batch_size=128)
     cached_boundaries = cache.ensure(range(len(part)))
     fill = time.perf_counter() - t0
     rows = []

@@ -72,9 +72,14 @@ def make_task(n: int, px: int = 224, seed: int = 0):
 
 def aggregate(records, n_train: int) -> tuple[float | None, float]:
     """(examples/s over the window where every trial was past its first epoch and none had ended, its length)."""
-    ends = [np.asarray(r.user_attrs.get("epoch_end_times") or [], dtype=float) for r in records]
+    return overlap_rate([r.user_attrs.get("epoch_end_times") or [] for r in records], n_train)
+
+
+def overlap_rate(epoch_end_times: list[list[float]], n_train: int) -> tuple[float | None, float]:
+    """Aggregate examples/s of concurrent runs, from each run's epoch end times, over their common window."""
+    ends = [np.asarray(e, dtype=float) for e in epoch_end_times]
     ends = [e for e in ends if len(e) >= 2]
-    if len(ends) != len(records) or not ends:
+    if len(ends) != len(epoch_end_times) or not ends:
         return None, 0.0
     t0, t1 = max(e[0] for e in ends), min(e[-1] for e in ends)
     if t1 <= t0:
@@ -83,11 +88,65 @@ def aggregate(records, n_train: int) -> tuple[float | None, float]:
     return float(sum(done(e, t1) - done(e, t0) for e in ends) / (t1 - t0)), float(t1 - t0)
 
 
+def _process_trial(n: int, epochs: int, start, queue, device: str = "cuda", px: int = 224) -> None:
+    """One concurrent trial in its own process: autosub.fit on the GPU, reporting its epoch end times."""
+    import timm
+
+    from autosub import discover_blocks, fit
+
+    torch.backends.cudnn.benchmark = True
+    model = timm.create_model("resnet50", pretrained=False).eval()
+    task = make_task(n, px)
+    ends: list[float] = []
+    start.wait()
+    res = fit(model, task, tuple(range(len(discover_blocks(model)))), epochs=epochs, batch_size=32, device=device,
+              cache=False, keep_model=False, callback=lambda e, s: ends.append(time.time()))
+    queue.put((ends, res.examples_per_s))
+
+
+def run_processes(trials: list[int], *, n: int, epochs: int, device: str = "cuda", px: int = 224) -> list[dict]:
+    """The same packing measured with k plain processes running autosub.fit (no Ray): what the hardware gives."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    rows = []
+    for k in trials:
+        start, queue = ctx.Barrier(k + 1), ctx.Queue()
+        procs = [ctx.Process(target=_process_trial, args=(n, epochs, start, queue, device, px))
+                 for _ in range(k)]
+        for p in procs:
+            p.start()
+        start.wait()
+        got = [queue.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join()
+        rate, window = overlap_rate([e for e, _ in got], n)
+        rows.append({"trials": str(k), "aggregate": rate, "sum_per_trial": sum(r for _, r in got),
+                     "window_s": round(window, 2), "per_trial": [round(r, 1) for _, r in got]})
+        log.info("%d process(es)/GPU: %s", k, rows[-1])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 epochs × 256 images per trial")
     ap.add_argument("--trials", default="1,2,4", help="concurrent trials per GPU to measure")
+    ap.add_argument("--engine", choices=["ray", "processes"], default="ray",
+                    help="'processes': k plain processes running autosub.fit, for GPU machines without Ray")
+    ap.add_argument("--dry-run-cpu", action="store_true", help=argparse.SUPPRESS)  # exercises the code path on CPU
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "gpu_packing.json"))
     args = ap.parse_args()
+    if args.dry_run_cpu:
+        print(run_processes([1, 2], n=16, epochs=2, device="cpu", px=32))
+        return
+    if args.engine == "processes":
+        if not torch.cuda.is_available():
+            sys.exit("gpu_packing.py needs a CUDA GPU: torch.cuda.is_available() is False on this machine.")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        epochs, n = (4, 256) if args.quick else (8, 512)
+        rows = run_processes([int(v) for v in args.trials.split(",")], n=n, epochs=epochs)
+        report(rows, args, epochs=epochs, n=n, engine="plain processes running autosub.fit (no Ray)")
+        return
     preflight()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("ray", "ray.tune", "ray.train"):
@@ -130,20 +189,27 @@ def main() -> None:
         log.info("%d trial(s)/GPU: %s", k, rows[-1])
     ray.shutdown()
 
+    report(rows, args, epochs=epochs, n=n, engine="autosub.search(backend='ray')")
+
+
+def report(rows: list[dict], args, *, epochs: int, n: int, engine: str) -> None:
+    """Speedups against one trial, the table, and the JSON with machine and command."""
     base = next((r["aggregate"] for r in rows if r["trials"] == "1"), None)
     base = base or next((r["sum_per_trial"] for r in rows if r["trials"] == "1"), None)
     for r in rows:  # without an overlap window (trials too short to overlap) the sum of per-trial rates stands in
         rate = r["aggregate"] or r["sum_per_trial"]
         r["speedup_vs_1"] = round(rate / base, 3) if base and rate else None
     out = {"rows": rows, "epochs": epochs, "examples_per_trial_epoch": n, "batch_size": 32, "image_size": 224,
-           "model": "resnet50 (all 16 blocks + head, stem frozen), bf16 autocast", "anchor_plain_processes_h200":
+           "engine": engine, "model": "resnet50 (all 16 blocks + head, stem frozen), bf16 autocast",
+           "anchor_plain_processes_h200":
            ANCHOR, "goal": ">= 1.9x the 1-trial rate with 2-4 trials per GPU", "machine": describe_machine(),
            "command": "RAY_AUTH_MODE=disabled python " + " ".join(sys.argv)}
-    path = Path(__file__).resolve().parent / "results" / "gpu_packing.json"
+    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, sort_keys=True, default=float) + "\n")
 
-    print(f"\nGPU: {torch.cuda.get_device_name(0)}; ResNet-50, batch 32, 224 px, {epochs} epochs × {n} images/trial")
+    print(f"\nGPU: {torch.cuda.get_device_name(0)}; ResNet-50, batch 32, 224 px, {epochs} epochs × {n} images/trial; "
+          f"{engine}")
     print(f"{'trials/GPU':>10s} {'aggregate img/s':>16s} {'Σ per-trial':>12s} {'speedup':>8s}  per trial")
     for r in rows:
         agg = f"{r['aggregate']:.0f}" if r["aggregate"] else "n/a"
