@@ -21,6 +21,14 @@ _EXPORTS: dict[str, str] = {
     "fit": "train",
     "evaluate": "train",
     "FitResult": "train",
+    "search": "search",
+    "SearchResult": "result",
+    "Budget": "space",
+    "SearchSpace": "space",
+    "profile": "profile",
+    "Profile": "profile",
+    "greedy": "greedy",
+    "GreedyResult": "greedy",
     "ActivationCache": "cache",
     "MemoryBudget": "cache",
     "AutoSubError": "errors",
@@ -58,5 +66,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data import Split, Task, as_task
     from .errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, MissingDependencyError,
                          SearchAborted, SelectionError, TrialFailed, WeightsError)
+    from .greedy import GreedyResult, greedy
     from .heads import replace_head
+    from .profile import Profile, profile
+    from .result import SearchResult
+    from .search import search
+    from .space import Budget, SearchSpace
     from .train import FitResult, evaluate, fit

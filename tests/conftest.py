@@ -9,7 +9,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # steady on a 2-core machine where Ray workers or other jobs share the cores
 
 
 def make_image_task(n: int = 96, px: int = 32, classes: int = 4, seed: int = 0, *, learnable: bool = True):
