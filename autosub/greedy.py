@@ -40,7 +40,8 @@ from .blocks import Partition, discover_blocks
 from .cache import ActivationCache
 from .data import Split, Task
 from .errors import ConfigError, DataError, check_positive
-from .profile import _with_head, build_cache, callable_module, normalize_blocks, selection_view, write_json
+from ._callable import callable_module
+from .profile import _with_head, build_cache, normalize_blocks, selection_view, write_json
 
 log = logging.getLogger(__name__)
 

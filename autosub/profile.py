@@ -12,9 +12,7 @@ import copy
 import json
 import logging
 import math
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .blocks import Partition, discover_blocks
+from ._callable import callable_module
 from .cache import ActivationCache
 from .data import Task, take
 from .errors import ConfigError, check_positive
@@ -378,17 +377,6 @@ def _check_args(*, epochs, seeds, lr, batch_size, pairs, fidelity, eta, min_epoc
         raise ConfigError(f"The 'pairs' parameter of profile must be False, True (all pairs) or an int m >= 2 (pairs "
                           f"among the top-m blocks); got {pairs!r} instead.")
     return int(pairs)
-
-
-def callable_module(name: str, fn: Any) -> None:
-    """Make module ``name`` callable as ``fn``: ``autosub.profile(...)`` then works whichever object the package
-    attribute holds (importing a submodule rebinds ``autosub.profile`` from the function to the module)."""
-
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            return fn(*args, **kwargs)
-
-    sys.modules[name].__class__ = _CallableModule
 
 
 callable_module(__name__, profile)

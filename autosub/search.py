@@ -12,9 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from .blocks import discover_blocks
+from ._callable import callable_module
 from .data import Split, Task, as_task, take
 from .engines import Job, TrialOutcome, check_backend, get_engine
 from .errors import ConfigError, check_positive
@@ -322,12 +321,4 @@ def _to(x: Any, dev: torch.device) -> Any:
     return {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
 
 
-class _CallableModule(types.ModuleType):
-    """``autosub.search`` is both this module and the function: importing the submodule rebinds the package
-    attribute to the module, so the module forwards calls to :func:`search`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, search)
