@@ -257,16 +257,6 @@ def test_bad_arguments_fail_before_any_work(model, task, tmp_path, monkeypatch, 
         search(model, task, budget, **fast(**args))
 
 
-def test_ray_backend_is_optional_and_says_how_to_install(model, task, tmp_path):
-    try:
-        import autosub.engines.ray  # noqa: F401
-    except ImportError:
-        with pytest.raises((NotImplementedError, ImportError), match=r"autosub\[ray\]"):
-            search(model, task, 2, backend="ray", run_dir=tmp_path, **fast())
-    else:
-        pytest.skip("the Ray engine exists; its own tests cover it")
-
-
 def test_the_search_module_is_callable_as_autosub_search(model, task, tmp_path):
     import autosub.search as module
 
