@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 
 from autosub.blocks import discover_blocks
 from autosub.cache import ActivationCache, MemoryBudget

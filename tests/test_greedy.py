@@ -2,19 +2,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from autosub.errors import ConfigError, DataError
 from autosub.greedy import GreedyResult, greedy, greedy_search
 from test_profile import ORACLE_BLOCK, Oracle, SpySplit, digits_features
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -77,15 +77,6 @@ def digits_features(n_train: int = 400, n_val: int = 300, *, spy: bool = True) -
 ORACLE_BLOCK = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster, and immune to oversubscription on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def oracle():
     return Oracle(ORACLE_BLOCK), digits_features()

@@ -31,15 +31,6 @@ class SpySplit(Split):
         return object.__getattribute__(self, name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run far steadier."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model():
     import timm

@@ -1,7 +1,6 @@
 """Offline pretrained models (real EfficientNet-Lite0 weights) and safe, well-explained weight loading."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import timm
 import torch
