@@ -148,12 +148,12 @@ def greedy(
 
     _check_args(direction=direction, epsilon=epsilon, max_blocks=max_blocks, stopping=stopping, cv_folds=cv_folds,
                 epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    part = partition if partition is not None else discover_blocks(model)
-    todo = normalize_blocks(blocks, part, "greedy")
     dev = resolve_device(device)
     start = time.perf_counter()
     view = selection_view(task)
-    work = _with_head(model, view, seed, dev)
+    work = _with_head(model, view, seed, dev)  # blocks are found on the model fit trains (HF encoders get wrapped)
+    part = partition if partition is not None else discover_blocks(work)
+    todo = normalize_blocks(blocks, part, "greedy")
     check_task(work, view)
     boundaries = [*todo, len(part)]
     if cv_folds:  # the prefix does not depend on the fold: one cache over train+val, each fold a view of its rows

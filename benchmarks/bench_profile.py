@@ -18,12 +18,16 @@ It prints a table and writes ``benchmarks/results/profile.json`` with
 Goal: speedup ≥ 3, ratio_autosub ≤ 3.0, spearman ≥ 0.8, same_top1. ``--ceiling`` also reruns (a) with the next
 seed: the Spearman of the naive profile with itself, the most any cheaper profile can be expected to reach.
 
-Why 4 epochs: at 8 epochs most blocks saturate on MNIST (0.9–0.98) and the naive ranking is mostly seed noise
-(two seeds agree at Spearman 0.62 on an H200); at 4 epochs the blocks are spread out and a 1-epoch rung predicts
-the 4-epoch ranking (Spearman 0.86 there).
+Settings, and why. At 32 px on a CPU the FLOPs of EfficientNet-Lite0 are spread evenly over the blocks, so
+tuning an early block costs nearly a full-finetune step even from the cache: one epoch over all 16 blocks costs ~6
+full-FT epochs cached (~6.5 naive); multi-fidelity must deliver the speedup. The 1-epoch rung trains at
+lr × min(epochs/1, 4) (``autosub.profile.rung_lr_scale``): at the plain lr it ranks blocks by how fast they start
+(Spearman 0.83 against the 4-epoch naive ranking on this CPU); at the scaled lr by where they end (0.97–0.99).
+At 8 epochs most blocks saturate (0.94–0.98) and the naive ranking is mostly seed noise (two naive seeds agree at
+Spearman 0.62 on an H200), so the default is 5 epochs, rungs [1, 5], 16 → 2 blocks.
 
-    python benchmarks/bench_profile.py            # 1600 train / 400 val, 32 px, 4 epochs, rungs [1, 4], eta 8 (16 → 2)
-    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, same schedule (≤ 5 min on 2 idle cores)
+    python benchmarks/bench_profile.py            # 1600 train / 400 val, 32 px, 5 epochs, rungs [1, 5], eta 8
+    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, 4 epochs, rungs [1, 4] (≤ 5 min idle)
 """
 from __future__ import annotations
 
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     n_train = args.train or (800 if args.quick else 1600)
     val_fraction = args.val_fraction or (0.075 if args.quick else 0.1)  # 300 / 400 validation digits
-    epochs = args.epochs or 4
+    epochs = args.epochs or (4 if args.quick else 5)
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)

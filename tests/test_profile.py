@@ -10,7 +10,7 @@ from torch import nn
 
 from autosub.data import Split, Task
 from autosub.errors import ConfigError
-from autosub.profile import Profile, halving_rungs, profile
+from autosub.profile import Profile, halving_rungs, profile, rung_lr_scale
 
 FIELDS = ("mean", "std", "wall_time", "trainable_params", "fork_cost")
 
@@ -156,6 +156,9 @@ def test_halving_records_fidelity_and_ranks_by_it(oracle):
     prof = profile(model, task, epochs=3, min_epochs=1, eta=2, fidelity="halving", seeds=1, lr=1e-2,
                    baselines=False, progress=False)
     assert prof.config["rungs"] == [1, 2, 3]
+    assert prof.config["rung_lrs"] == pytest.approx([3e-2, 1.5e-2, 1e-2])  # lr × epochs held constant
+    assert prof.entry(ORACLE_BLOCK).lr == pytest.approx(1e-2)  # the top rung trains at the given lr
+    assert sorted(prof.entry(b).lr for b in range(4)) == pytest.approx([1e-2, 1.5e-2, 3e-2, 3e-2])
     by_epochs = {b: prof.entry(b).epochs for b in range(4)}
     assert sorted(by_epochs.values()) == [1, 1, 2, 3]  # 4 blocks → 2 → 1
     assert by_epochs[ORACLE_BLOCK] == 3 and prof.ranking()[0] == ORACLE_BLOCK
@@ -170,6 +173,7 @@ def test_halving_schedule():
     assert halving_rungs(1, 8, 4) == [1, 4, 8]
     assert halving_rungs(1, 5, 3) == [1, 3, 5]
     assert halving_rungs(2, 2, 2) == [2]
+    assert [rung_lr_scale(r, 5) for r in (1, 2, 5)] == [4.0, 2.5, 1.0]  # lr × epochs constant, capped at 4
 
 
 @pytest.mark.parametrize("kw", [dict(seeds=0), dict(epochs=0), dict(fidelity="fast"), dict(eta=1),
