@@ -159,15 +159,18 @@ def search(
                           n_trials=budget.trials, fit_defaults={"batch_size": batch_size})
 
     # ---- 4. the engine runs the trials --------------------------------------------------------------------
-    def run_trial(cand: Candidate, report: Callable[[int, float], None] | None) -> TrialOutcome:
+    def run_trial(cand: Candidate, report: Callable[[int, float], None] | None, *, resume: Any = None,
+                  checkpoint: Callable[[Any], None] | None = None) -> TrialOutcome:
         res = fit(model, view, cand.selection, partition=partition, epochs=epochs, lr=cand.lr,
                   weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None, batch_size=batch_size,
                   seed=seed, device=dev, amp=amp, cache=cache if cache is not None else False, callback=report,
-                  keep_model=True)
+                  checkpoint=checkpoint, resume=resume, keep_model=True)
         values = [res.score] + [bound.added_cost(res.selection) if o == "cost" else float(res.trainable_params)
                                 for o in objectives[1:]]
         attrs = {"curve": res.curve, "train_loss": res.train_loss, "trainable_params": res.trainable_params,
                  "examples_per_s": res.examples_per_s}
+        if res.resumed_from:
+            attrs["resumed_from_epoch"] = res.resumed_from
         return TrialOutcome(values, attrs, res.model)
 
     job = Job(space=bound, selector=sel, context=ctx, run_trial=run_trial, budget=budget, meter=meter,
@@ -187,6 +190,10 @@ def search(
     cand = bound.decode(best.params)
     final = run.best_model if run.best_number == best.number else None
     t0 = time.perf_counter()
+    if final is None and run.best_state and not retrain:  # the best trial's checkpoint: no need to train again
+        final = _with_head(model, task.num_classes, seed, dev)
+        if final.load_state_dict({k: v.to(dev) for k, v in run.best_state.items()}, strict=False).unexpected_keys:
+            final = None  # not this model's tensors: train it again below
     if final is None or retrain:
         data = _train_plus_val(view) if retrain else view
         final = fit(model, data, best.selection, partition=partition, epochs=epochs, lr=cand.lr,

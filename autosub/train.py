@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .blocks import Partition, discover_blocks
 from .cache import ActivationCache, MemoryBudget, batch_ranges
+from .checkpoint import CheckpointHook, FitState, capture, restore
 from .data import Inputs, Split, Task, take
 from .errors import ConfigError, DataError, check_positive
 from .heads import replace_head
@@ -48,6 +49,7 @@ class FitResult:
     hparams: dict = field(default_factory=dict)
     cached: bool = False
     model: nn.Module | None = field(default=None, repr=False)
+    resumed_from: int = 0
 
     @property
     def best_score(self) -> float:
@@ -109,10 +111,16 @@ def fit(
     cache_views: int | None = None,
     budget: MemoryBudget | None = None,
     callback: EpochCallback | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: FitState | None = None,
     keep_model: bool = True,
     progress: bool = False,
 ) -> FitResult:
-    """SubTune ``selection`` of ``model`` on ``task``; the caller's model is never modified (a copy trains)."""
+    """SubTune ``selection`` of ``model`` on ``task``; the caller's model is never modified (a copy trains).
+
+    ``checkpoint(state)`` is called after every epoch with the run's :class:`~autosub.checkpoint.FitState`;
+    ``resume=state`` continues such a run (same arguments) after ``state.epoch`` epochs, as if never stopped.
+    """
     validate_hparams(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
     start = time.perf_counter()
     dev = resolve_device(device)
@@ -159,8 +167,13 @@ def fit(
     torch.manual_seed(seed)
     curve, losses = [], []
     seen, step_time = 0, 0.0
-    bar = tqdm(total=epochs * steps_per_epoch, desc=f"fit {_label(sel)}", disable=not progress, leave=False)
-    for epoch in range(epochs):
+    if resume is not None:
+        restore(resume, work, optimizer, scheduler, gen, epochs=epochs)
+        curve, losses, seen, step_time = list(resume.curve), list(resume.train_loss), resume.seen, resume.step_time
+    done = resume.epoch if resume is not None else 0
+    bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=f"fit {_label(sel)}",
+               disable=not progress, leave=False)
+    for epoch in range(done, epochs):
         perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
         epoch_start = time.perf_counter()
@@ -196,6 +209,9 @@ def fit(
         bar.set_postfix(val=f"{score:.3f}")
         if callback is not None:
             callback(epoch, score)
+        if checkpoint is not None:
+            checkpoint(capture(work, optimizer, scheduler, gen, epoch=epoch + 1, curve=curve, train_loss=losses,
+                               seen=seen, step_time=step_time))
     bar.close()
     return FitResult(
         selection=sel,
@@ -210,6 +226,7 @@ def fit(
                  "lr_multipliers": dict(lr_multipliers or {}), "seed": seed},
         cached="train" in cached_splits,
         model=work.eval() if keep_model else None,
+        resumed_from=done,
     )
 
 

@@ -142,16 +142,20 @@ def test_trials_ran_on_both_nodes_of_the_cluster(ray_result):
     assert len(alive) == 2 and used == alive
 
 
-def test_checkpoints_hold_only_the_tuned_tensors(ray_result, model):
+def test_checkpoints_hold_the_tuned_tensors_and_optimizer_state_not_the_model(ray_result, model):
+    from autosub.checkpoint import FitState
     from autosub.engines.ray import load_tuned
 
     res, run_dir = ray_result
     state = load_tuned(run_dir / "ray", res.best_trial)
+    saved = FitState.load(next((run_dir / "ray").glob(f"*/trial_{res.best_trial:05d}_*/checkpoint_*")))
+    assert saved.epoch == 2 and saved.optimizer["state"]  # resumable: AdamW moments, schedule, RNG
+    assert {k: v.shape for k, v in saved.tensors.items()} == {k: v.shape for k, v in state.items()}
     assert state is not None and {"fc.weight", "fc.bias"} <= set(state) and set(state) == set(res.state)
     assert not any(k.startswith(("conv1.", "bn1.")) for k in state)  # the frozen stem is not in the checkpoint
     assert sum(v.numel() for v in state.values()) < sum(v.numel() for v in model.state_dict().values())
-    for name, tensor in state.items():  # the same tensors as the final model's (refit with the same seed)
-        assert torch.allclose(tensor, res.state[name], atol=1e-5), name
+    for name, tensor in state.items():  # the final model is the best trial's checkpoint, not a refit
+        assert torch.equal(tensor, res.state[name]), name
 
 
 # ----------------------------------------------------------------------------------------- fault tolerance
@@ -165,13 +169,20 @@ DRIVER = textwrap.dedent("""
     from autosub.space import SearchSpace
 
     real = autosub.train.fit
-    def paced(*args, **kwargs):  # slow trials down so the kill lands mid-search; the first one's worker dies
+    def paced(*args, **kwargs):  # slow trials down so the kill lands mid-search; one worker dies mid-trial
+        time.sleep(1.5)
+        save = kwargs.get("checkpoint")
         try:
+            if save is None:
+                raise FileExistsError
             os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
-            time.sleep(1.5)
             return real(*args, **kwargs)
-        os._exit(1)  # a dead worker, as after an OOM kill: FailureConfig(max_failures) runs the trial again
+        def die_after_epoch_1(state):  # a dead worker, as after an OOM kill, once epoch 1 is checkpointed
+            save(state)
+            time.sleep(1.0)
+            os._exit(1)
+        return real(*args, **{{**kwargs, "checkpoint": die_after_epoch_1}})
     autosub.train.fit = paced
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
@@ -224,9 +235,12 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     assert len(ran) == 6 and out["stop"].startswith("trials")  # ... and the search completed its budget
     import optuna
 
-    failed = [t.user_attrs.get("fail_reason", "") for t in optuna.load_study(
-        study_name="autosub", storage=f"sqlite:///{db}").trials if t.state.name == "FAIL"]
-    assert marker.exists() and all(r.startswith("lost") for r in failed)  # the dead worker's trial was retried
+    trials = optuna.load_study(study_name="autosub", storage=f"sqlite:///{db}").trials
+    failed = [t.user_attrs.get("fail_reason", "") for t in trials if t.state.name == "FAIL"]
+    assert marker.exists() and all(r.startswith("lost") for r in failed)  # the dead worker's trial was retried ...
+    resumed = [t for t in trials if t.user_attrs.get("resumed_from_epoch")]
+    assert len(resumed) == 1 and resumed[0].user_attrs["resumed_from_epoch"] == 1  # ... from its epoch-1 checkpoint
+    assert resumed[0].state.name == "COMPLETE" and len(resumed[0].user_attrs["curve"]) == 2
     assert os.listdir(tmp_path / "run" / "ray") == ["autosub"]  # the same Tune experiment, restored
 
 

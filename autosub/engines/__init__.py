@@ -9,6 +9,11 @@ and ``search()`` builds the same ``SearchResult`` from either:
 * ``run(job)`` creates or loads the study, records ``job.state``, adds the selector's initial proposals,
   runs trials through ``job.run_trial`` until the budget or the selector is done, and returns every trial
   as a :class:`~autosub.result.TrialRecord`.
+
+``job.run_trial(candidate, report, *, resume=None, checkpoint=None)`` trains one candidate: ``report(epoch,
+score)`` after each epoch (may raise ``optuna.TrialPruned``), ``checkpoint(state)`` with its
+:class:`~autosub.checkpoint.FitState` after each epoch, and ``resume=state`` continues a trial from one
+(engines that checkpoint trials — Ray — use these two; custom jobs may ignore them).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ class Job:
     space: BoundSpace
     selector: BaseSelector
     context: SelectorContext
-    run_trial: Callable[[Candidate, Reporter | None], TrialOutcome]
+    run_trial: Callable[..., TrialOutcome]  # (candidate, report, *, resume=None, checkpoint=None)
     budget: Budget
     meter: Meter
     objectives: tuple[str, ...]
@@ -62,6 +67,7 @@ class EngineRun:
     study_name: str | None = None
     storage: str | None = None
     study: Any = None
+    best_state: dict[str, Any] | None = None  # the best trial's tuned tensors when the engine kept no model
 
 
 class Engine(abc.ABC):

@@ -13,9 +13,10 @@ Around it, plain Ray Tune: ``Tuner`` + ``TuneConfig(search_alg=…, scheduler=AS
 (ASHA on epochs when the selector is prunable and single-objective), ``tune.with_parameters`` (the trial function,
 which holds the model, the task and the prefix cache, goes to the object store once), ``tune.with_resources``
 (``resources_per_trial``, fractional GPUs), ``FailureConfig(max_failures)`` (a dead worker or node is retried;
-an exception in training is recorded FAIL and not retried), and small checkpoints: each finished trial
-reports its tuned tensors (selected blocks + head, safetensors) and its record; a retried trial that already
-finished re-reports them instead of training again. ``resume=True`` after the driver died calls
+an exception in training is recorded FAIL and not retried), and small checkpoints: after every epoch a trial
+reports its :class:`~autosub.checkpoint.FitState` — the tuned tensors (selected blocks + head, safetensors) and
+the optimizer, schedule and RNG state, not the frozen trunk —, and at the end its record too. A retried trial
+(its worker or node died) resumes from its last epoch; one that already finished re-reports its record. ``resume=True`` after the driver died calls
 ``Tuner.restore``: finished trials are kept, unfinished ones run again, trials the study holds as RUNNING but
 Tune never recorded are failed and re-enqueued. Trials record ``node_id``, ``node_ip``, ``pid`` and ``gpu_ids``.
 
@@ -108,7 +109,7 @@ class RayEngine(OptunaEngine):
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name}, ray)", disable=not job.progress)
         _LIVE[key] = Hooks(meter, bar, list(job.callbacks))
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, run_trial=job.run_trial, epochs=ctx.epochs, report_epochs=asha),
+            tune.with_parameters(train_trial, run_trial=job.run_trial, epochs=ctx.epochs),
             dict(self.resources))
         searcher: SelectorSearcher | None = None
         try:
@@ -152,8 +153,8 @@ class RayEngine(OptunaEngine):
         done = [r for r in records if r.state == "COMPLETE" and r.values]
         best = max(done, key=lambda r: (r.values[0], -r.number)).number if done else None
         run = EngineRun(records=records, stop_reason=stop, best_number=None, best_model=None,
-                        study_name=self.study_name, storage=self.storage_url, study=study)
-        run.best_state = load_tuned(root, best) if best is not None else None  # type: ignore[attr-defined]
+                        study_name=self.study_name, storage=self.storage_url, study=study,
+                        best_state=load_tuned(root, best) if best is not None else None)
         log.info("search stopped: %s", stop)
         return run
 

@@ -4,7 +4,8 @@ The searcher turns autosub's selector into a Tune ``Searcher``: it asks the Optu
 sampler) for the next configuration and tells it every result, so the study — not Tune's snapshot — is the
 record; the searcher's own state (Tune trial id → study trial number) lets ``Tuner.restore`` resume the trials
 Tune knew about, and the rest are failed and re-enqueued. The worker side trains through the Job's
-``run_trial``, reports each epoch to the scheduler and checkpoints only the tuned tensors.
+``run_trial``, reports each epoch to the scheduler with a checkpoint of the run's
+:class:`~autosub.checkpoint.FitState` (tuned tensors + optimizer, not the trunk) and resumes from it when retried.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
+from ..checkpoint import TENSORS as TUNED, FitState, selection_metadata
 from ..errors import SearchAborted
 from ..selectors import BaseSelector
 from ..space import Budget, Candidate
@@ -32,7 +34,7 @@ from .optuna import MAX_DUPLICATES, _add, _duplicate, to_record
 
 log = logging.getLogger(__name__)
 
-TUNED, RECORD = "tuned.safetensors", "trial.json"
+RECORD = "trial.json"
 _LIVE: dict[str, "Hooks"] = {}  # in-process hooks (meter, bar, callbacks) by searcher key; never pickled
 
 
@@ -124,7 +126,8 @@ class SelectorSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         number = self.numbers.get(trial_id)
-        if number is not None and not result.get("final") and "epoch" in result:
+        single = len(self.study.directions) == 1  # Optuna records intermediate values for one objective only
+        if number is not None and single and not result.get("final") and "epoch" in result:
             self._trial(number).report(float(result["score"]), int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -158,7 +161,7 @@ class SelectorSearcher(Searcher):
             values = [float(v) for v in result["values"]]
             study.tell(trial, values if len(values) > 1 else values[0])
         else:  # stopped by the scheduler (ASHA) after an intermediate epoch
-            if "epoch" in result:
+            if "epoch" in result and len(study.directions) == 1:
                 trial.report(float(result["score"]), int(result["epoch"]))
             study.tell(trial, state=TrialState.PRUNED)
         self._after(int(number))
@@ -228,9 +231,8 @@ class SelectorSearcher(Searcher):
 
 
 # ------------------------------------------------------------------------------------------- in the worker
-def train_trial(config: dict[str, Any], run_trial: Callable | None = None, epochs: int = 1,
-                report_epochs: bool = True) -> None:
-    """One trial on a Ray worker: train through ``run_trial``, report per epoch, checkpoint the tuned tensors."""
+def train_trial(config: dict[str, Any], run_trial: Callable | None = None, epochs: int = 1) -> None:
+    """One trial on a Ray worker: train through ``run_trial``; after each epoch report and checkpoint its FitState."""
     import ray
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per trial otherwise
@@ -240,26 +242,36 @@ def train_trial(config: dict[str, Any], run_trial: Callable | None = None, epoch
     where = {"number": number, "node_id": ray.get_runtime_context().get_node_id(),
              "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
              "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "threads": torch.get_num_threads()}
+    resume: FitState | None = None
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:  # a retry of a trial that already finished: report what it found
+    if ckpt is not None:  # a retry: a finished trial reports what it found, an unfinished one resumes
         with ckpt.as_directory() as d:
             if (Path(d) / RECORD).exists():
                 tune.report(json.loads((Path(d) / RECORD).read_text()), checkpoint=ckpt)
                 return
+            resume = FitState.load(d)
     cand = Candidate(tuple(config["selection"]), float(config["lr"]), float(config["weight_decay"]),
                      {int(i): float(m) for i, m in config["lr_multipliers"]})
+    meta = selection_metadata(cand.selection)
 
     ends: list[float] = []  # wall-clock end of each epoch: a timeline (benchmarks/gpu_packing.py reads it)
+    last: list[FitState] = []
 
     def report(epoch: int, score: float) -> None:
         ends.append(time.time())
-        if report_epochs and epoch + 1 < epochs:  # the last epoch is reported with the result
-            tune.report({**where, "score": float(score), "epoch": epoch + 1, "final": False})
+
+    def checkpoint(state: FitState) -> None:
+        last[:] = [state]
+        if state.epoch < epochs:  # the last epoch is reported with the result
+            with tempfile.TemporaryDirectory() as d:
+                state.save(d, meta)
+                tune.report({**where, "score": float(state.curve[-1]), "epoch": state.epoch, "final": False},
+                            checkpoint=tune.Checkpoint.from_directory(d))
 
     t0 = time.perf_counter()
     final = {**where, "epoch": epochs, "final": True, "score": float("-inf"), "started_at": time.time()}
     try:
-        out = run_trial(cand, report)
+        out = run_trial(cand, report, resume=resume, checkpoint=checkpoint)
     except Exception as exc:  # recorded FAIL; not retried (max_failures is for dead workers)
         tune.report({**final, "fail_reason": f"{type(exc).__name__}: {exc}", "abort": isinstance(exc, SearchAborted),
                      "seconds": round(time.perf_counter() - t0, 4)})
@@ -267,26 +279,10 @@ def train_trial(config: dict[str, Any], run_trial: Callable | None = None, epoch
     final.update(score=float(out.values[0]), values=[float(v) for v in out.values], seconds=round(
         time.perf_counter() - t0, 4), attrs=json.dumps({**out.attrs, "epoch_end_times": ends}, default=_plain))
     with tempfile.TemporaryDirectory() as d:
-        _save_tuned(out.model, cand.selection, Path(d))
+        if last:  # the tuned tensors and the optimizer state after the last epoch
+            last[0].save(d, meta)
         (Path(d) / RECORD).write_text(json.dumps(final, default=_plain))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-def _save_tuned(model: Any, selection: tuple[int, ...], d: Path) -> None:
-    """The tensors the trial changed (selected blocks + head, their buffers): a few MB, not the model."""
-    if model is None:
-        return
-    from safetensors.torch import save_file
-
-    from ..blocks import discover_blocks
-    from ..result import tuned_state
-
-    try:
-        state = tuned_state(model, selection, discover_blocks(model))
-    except Exception:  # a model discovery cannot split: keep what was trainable
-        state = {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(d / TUNED), metadata={"selection":
-                                                                                      json.dumps(list(selection))})
 
 
 def _plain(x: Any) -> Any:
