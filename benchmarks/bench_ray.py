@@ -14,6 +14,9 @@ a GPU do): ``scaling_2_nodes_idle_cpu`` separates Ray's parallelism from this ma
     scaling_2_nodes      = training window of ray 1×1 / that of ray 2×1 (first trial starts training → last ends;
                            workers' start-up, a per-search cost already in the overhead, is left out; the window
                            from the first trial asked is reported too, as ``scaling_2_nodes_incl_startup``)
+    busy_share           = trial seconds / (nodes × training window): 1.0 when no node ever waits. Below it are
+                           Tune's gaps between trials and the tail of 8 trials of unequal length on 2 nodes; a
+                           higher ``train_s_per_trial`` on 2×1 than on 1×1 is the two trials sharing 2 cores.
 
 It prints a table and writes ``benchmarks/results/ray_overhead.json`` with the machine and the command.
 The clusters are started in their own process groups and killed by group; no other Ray is touched.
@@ -121,9 +124,10 @@ def run(model, task, trials: int, backend: str, *, paced: bool = False, **kw) ->
     window = end - min(t.datetime_start.timestamp() for t in ts)
     steady = end - min(t.user_attrs.get("started_at", t.datetime_start.timestamp()) for t in ts)
     nodes = sorted({r.user_attrs.get("node_id", "driver")[:8] for r in res.records})
+    work = sum(r.seconds or 0 for r in res.records)
     return {"wall_s": round(wall, 2), "trial_window_s": round(window, 2), "training_window_s": round(steady, 2),
-            "trials": len(ts),
-            "train_s_per_trial": round(sum(r.seconds or 0 for r in res.records) / max(1, len(ts)), 3),
+            "trials": len(ts), "train_s_per_trial": round(work / max(1, len(ts)), 3),
+            "busy_share": round(work / (len(nodes) * steady), 3),
             "nodes": nodes, "best": [list(res.selection), round(res.score, 4)]}
 
 
@@ -180,10 +184,10 @@ def main() -> None:
     path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
 
     print(f"\n{'run':10s} {'wall s':>8s} {'trial window s':>15s} {'training window s':>18s} {'train s/trial':>14s} "
-          f"{'nodes':>6s}")
+          f"{'busy share':>11s} {'nodes':>6s}")
     for name, r in rows.items():
         print(f"{name:10s} {r['wall_s']:8.2f} {r['trial_window_s']:15.2f} {r['training_window_s']:18.2f} "
-              f"{r['train_s_per_trial']:14.3f} {len(r['nodes']):6d}")
+              f"{r['train_s_per_trial']:14.3f} {r['busy_share']:11.2f} {len(r['nodes']):6d}")
     print(f"\noverhead per trial (ray 1x1 − optuna) / {trials}: {overhead:.2f} s")
     print(f"scaling 1 → 2 nodes (training window ratio):  {scaling:.2f}x  (goal ≥ 1.8); with worker start-up "
           f"{scaling_all:.2f}x")

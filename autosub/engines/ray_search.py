@@ -231,10 +231,19 @@ class SelectorSearcher(Searcher):
 
 
 # ------------------------------------------------------------------------------------------- in the worker
-def train_trial(config: dict[str, Any], run_trial: Callable | None = None, epochs: int = 1) -> None:
-    """One trial on a Ray worker: train through ``run_trial``; after each epoch report and checkpoint its FitState."""
+_PAYLOAD: dict[str, Callable] = {}  # in a worker process: the search's run_trial, unpickled once per search
+
+
+def train_trial(config: dict[str, Any], payload: list | None = None, epochs: int = 1) -> None:
+    """One trial on a Ray worker: train through the Job's ``run_trial`` (``payload``: [its ObjectRef]); after each
+    epoch report and checkpoint the run's FitState."""
     import ray
 
+    ref = payload[0]
+    if ref.hex() not in _PAYLOAD:  # a reused worker keeps the model, the data and the cache it fetched
+        _PAYLOAD.clear()
+        _PAYLOAD[ref.hex()] = ray.get(ref)
+    run_trial = _PAYLOAD[ref.hex()]
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per trial otherwise
     number = int(config["number"])
     import torch
