@@ -45,9 +45,10 @@ def cluster():
     ray_bin = str(Path(sys.executable).parent / "ray")
     tmp = tempfile.mkdtemp(prefix="asray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     env = {**os.environ, **ENV}
-    port = _free_port(6391)
+    port, client_port = _free_port(6391), _free_port(26001)  # not 23000-23999: Ray Client's per-client servers
     address = f"127.0.0.2:{port}"
     head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats",
+            f"--ray-client-server-port={client_port}",
             f"--dashboard-agent-listen-port={_free_port(52365)}", f"--min-worker-port={_free_port(20000)}",
             "--max-worker-port=20999"]
     pgids = []
@@ -61,7 +62,7 @@ def cluster():
             assert p.returncode == 0, out[-3000:]
         old = {k: os.environ.get(k) for k in (*ENV, "RAY_ADDRESS")}
         os.environ.update({**ENV, "RAY_ADDRESS": address})
-        yield {"address": address, "env": {**env, "RAY_ADDRESS": address}}
+        yield {"address": address, "client": f"ray://127.0.0.2:{client_port}", "env": {**env, "RAY_ADDRESS": address}}
         ray.shutdown()
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -148,7 +149,7 @@ def test_checkpoints_hold_the_tuned_tensors_and_optimizer_state_not_the_model(ra
 
     res, run_dir = ray_result
     state = load_tuned(run_dir / "ray", res.best_trial)
-    saved = FitState.load(next((run_dir / "ray").glob(f"*/trial_{res.best_trial:05d}_*/checkpoint_*")))
+    saved = FitState.load(max((run_dir / "ray").glob(f"*/trial_{res.best_trial:05d}_*/checkpoint_*")))  # the last
     assert saved.epoch == 2 and saved.optimizer["state"]  # resumable: AdamW moments, schedule, RNG
     assert {k: v.shape for k, v in saved.tensors.items()} == {k: v.shape for k, v in state.items()}
     assert state is not None and {"fc.weight", "fc.bias"} <= set(state) and set(state) == set(res.state)
@@ -206,6 +207,17 @@ def _finished(db: Path) -> dict[int, tuple[str, float | None]]:
         return {}
 
 
+def _resumed(db: Path) -> list[int]:
+    """Trials recorded as resumed from a checkpoint (their worker died mid-trial)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute("SELECT t.number FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                               "WHERE a.key = 'resumed_from_epoch'")
+            return [int(n) for (n,) in rows]
+    except sqlite3.OperationalError:
+        return []
+
+
 def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished_trial(cluster, tmp_path):
     script = tmp_path / "driver.py"
     marker = tmp_path / "crashed-once"
@@ -216,10 +228,11 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
                              stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 150
     while time.time() < deadline and first.poll() is None:
-        if len(_finished(db)) >= 2:
+        if len(_finished(db)) >= 2 and _resumed(db):  # the dead worker's trial resumed and finished
             break
         time.sleep(0.3)
-    assert first.poll() is None, "the driver ended before it could be killed:\n" + first.stdout.read()[-3000:]
+    assert first.poll() is None, ("the driver ended before it could be killed (did the dead worker's trial resume?):\n"
+                                  + first.stdout.read()[-3000:])
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = _finished(db)
@@ -239,9 +252,42 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     failed = [t.user_attrs.get("fail_reason", "") for t in trials if t.state.name == "FAIL"]
     assert marker.exists() and all(r.startswith("lost") for r in failed)  # the dead worker's trial was retried ...
     resumed = [t for t in trials if t.user_attrs.get("resumed_from_epoch")]
-    assert len(resumed) == 1 and resumed[0].user_attrs["resumed_from_epoch"] == 1  # ... from its epoch-1 checkpoint
+    table = [(t.number, t.state.name, t.user_attrs.get("fail_reason"), t.user_attrs.get("retry_of"),
+              t.user_attrs.get("resumed_from_epoch")) for t in trials]
+    assert len(resumed) == 1 and resumed[0].user_attrs["resumed_from_epoch"] == 1, (table, before)  # ... from epoch 1
     assert resumed[0].state.name == "COMPLETE" and len(resumed[0].user_attrs["curve"]) == 2
     assert os.listdir(tmp_path / "run" / "ray") == ["autosub"]  # the same Tune experiment, restored
+
+
+CLIENT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import timm, torch
+    from conftest import make_image_task
+    from autosub.search import search
+    from autosub.space import SearchSpace
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False).eval()
+    res = search(model, make_image_task(n=64, px=16), 4, backend="ray", address={address!r}, run_dir={run_dir!r},
+                 space=SearchSpace(max_blocks=2), epochs=2, prior=None, progress=False, seed=0)
+    print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "backend": res.config["backend"],
+                                  "states": [r.state for r in res.records], "driver": os.getpid(),
+                                  "where": [[r.user_attrs["node_ip"], r.user_attrs["pid"]] for r in res.records],
+                                  "score": res.score}}))
+""")
+
+
+def test_a_search_through_ray_client_runs_on_the_cluster(cluster, tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT.format(tests=str(HERE), address=cluster["client"], run_dir=str(tmp_path / "run")))
+    env = {k: v for k, v in cluster["env"].items() if k != "RAY_ADDRESS"}  # only the ray:// address reaches it
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
+    assert out["backend"] == "ray" and out["stop"].startswith("trials (4/4)"), out
+    assert len(out["states"]) == 4 and set(out["states"]) <= {"COMPLETE", "PRUNED"} and out["score"] > 0, out
+    assert all(ip == "127.0.0.2" and pid != out["driver"] for ip, pid in out["where"]), out  # ran on the cluster
+    assert (tmp_path / "run" / "study.db").exists()  # the Tune loop ran on the head, with the study here
 
 
 # ---------------------------------------------------------------------------------------- optional extra

@@ -138,7 +138,7 @@ class RayEngine(OptunaEngine):
                 tuner = tune.Tuner(trainable, run_config=tune.RunConfig(
                     name=exp, storage_path=str(root), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=self.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),  # 1 would force a snapshot per epoch
                     tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                 num_samples=budget.trials or -1, reuse_actors=True,
                                                 max_concurrent_trials=self.slots,
@@ -188,7 +188,7 @@ def connect(address: str | None) -> bool:
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or "local"
         kw: dict[str, Any] = {"logging_level": logging.WARNING}
-        if not target.startswith("ray://"):
+        if not target.startswith("ray://"):  # Ray Client takes neither (nor a runtime_env: its server failed)
             kw.update(include_dashboard=False, configure_logging=False)
         log.info("ray.init(address=%r)", target)
         try:
@@ -214,12 +214,14 @@ def capacity(resources: Mapping[str, float]) -> int:
     return max(1, min(int(have[k] // resources[k]) for k in have)) if have else 1
 
 
+TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
 def _fit(tuner: Any) -> None:
     """Run the experiment quietly (autosub logs each trial); Tune's state is snapshotted every 2 s."""
-    env = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0",
-           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    added = [k for k in env if k not in os.environ]
-    os.environ.update({k: env[k] for k in added})
+    added = [k for k in TUNE_ENV if k not in os.environ]
+    os.environ.update({k: TUNE_ENV[k] for k in added})
     try:
         grid = tuner.fit()
     finally:
