@@ -58,6 +58,7 @@ def search(
     callbacks: Sequence[Callable[[TrialRecord, Any], None]] = (),
     resources_per_trial: dict[str, float] | None = None,
     address: str | None = None,
+    max_failures: int | None = None,
     **fit_kwargs: Any,
 ) -> SearchResult:
     """Search which blocks of ``model`` to finetune (and with which learning rate) on ``dataset`` within ``budget``.
@@ -69,8 +70,9 @@ def search(
     ``storage``: None → ``sqlite:///<run_dir>/study.db``; any Optuna URL; a journal file path; ``resume=True``
     continues the study named ``study_name``. ``fit_kwargs``: ``batch_size``, ``amp``, ``memory`` (a MemoryBudget
     for the prefix cache). ``callbacks`` are called as ``cb(record, model_or_None)`` after each trial, outside
-    the budget's clock. ``backend="ray"`` only: ``resources_per_trial`` (e.g. ``{"cpu": 1, "gpu": 0.25}``) and
-    ``address`` (None, ``"auto"``, ``"ray://host:port"``) — see :mod:`autosub.engines.ray`.
+    the budget's clock. ``backend="ray"`` only: ``resources_per_trial`` (e.g. ``{"cpu": 1, "gpu": 0.25}``),
+    ``address`` (None, ``"auto"``, ``"ray://host:port"``) and ``max_failures`` (retries of a trial whose worker
+    died, from its last epoch checkpoint; default 2) — see :mod:`autosub.engines.ray`.
     """
     from .profile import profile as run_profile, selection_view
     from .train import check_task, fit, resolve_device
@@ -106,7 +108,8 @@ def search(
         raise ConfigError(f"The 'study_name' parameter of search must be a non-empty str; got {study_name!r}.")
     run_path = Path(run_dir) if run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
     directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
-    ray_opts = {k: v for k, v in (("resources_per_trial", resources_per_trial), ("address", address)) if v is not None}
+    ray_opts = {k: v for k, v in (("resources_per_trial", resources_per_trial), ("address", address),
+                                  ("max_failures", max_failures)) if v is not None}
     if ray_opts and backend != "ray":
         raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={backend!r}.")
     engine = get_engine(backend)(storage=storage, study_name=study_name, run_dir=run_path, resume=resume,

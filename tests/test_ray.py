@@ -189,7 +189,7 @@ DRIVER = textwrap.dedent("""
     model = timm.create_model("test_resnet", pretrained=False).eval()
     res = search(model, make_image_task(n=64, px=16), 6, backend="ray", address="auto", run_dir={run_dir!r},
                  resume=sys.argv[1] == "resume", space=SearchSpace(max_blocks=2), epochs=2, prior=None,
-                 progress=False, seed=0)
+                 progress=False, seed=0, max_failures=1)
     print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "selection": list(res.selection)}}))
 """)
 
@@ -328,6 +328,10 @@ def test_ray_options_are_checked_before_any_work(model, task, tmp_path):
 
     with pytest.raises(ConfigError, match="only to backend='ray'"):
         search(model, task, 2, address="auto", run_dir=tmp_path, **SMALL)
+    with pytest.raises(ConfigError, match=r"\['max_failures'\] apply only to backend='ray'"):
+        search(model, task, 2, max_failures=1, run_dir=tmp_path, **SMALL)
+    with pytest.raises(ConfigError, match="'max_failures' parameter of search must be an int >= 0"):
+        search(model, task, 2, backend="ray", max_failures=-1, run_dir=tmp_path, **SMALL)
     with pytest.raises(ConfigError, match="resources_per_trial"):
         search(model, task, 2, backend="ray", resources_per_trial={"gpu": -1}, run_dir=tmp_path, **SMALL)
     with pytest.raises(ConfigError, match="fractional 'gpu'"):
