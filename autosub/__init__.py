@@ -17,7 +17,7 @@ _EXPORTS: dict[str, str] = {
     "replace_head": "heads",
     "Task": "data",
     "Split": "data",
-    "as_task": "data",
+    "as_task": "sources",
     "fit": "train",
     "evaluate": "train",
     "FitResult": "train",
@@ -63,7 +63,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .blocks import Block, Partition, discover_blocks
     from .cache import ActivationCache, MemoryBudget
-    from .data import Split, Task, as_task
+    from .data import Split, Task
+    from .sources import as_task
     from .errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, MissingDependencyError,
                          SearchAborted, SelectionError, TrialFailed, WeightsError)
     from .greedy import GreedyResult, greedy

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data import Task, _size, as_task, prepare_images
+from .data import Task, check_image_size, prepare_images
+from .sources import as_task
 from .errors import ConfigError, MissingDependencyError
 
 _LOG = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _image_task(images: torch.Tensor, labels: np.ndarray, name: str, *, model: A
         raise ConfigError(f"The 'test_fraction' parameter of autosub.datasets.{name} must be a float in (0, 1); "
                           f"got {test_fraction!r} instead.")
     if image_size is not None:
-        _size(image_size, f"autosub.datasets.{name}")
+        check_image_size(image_size, f"autosub.datasets.{name}")
     cfg = image_config(model, image_size=image_size)
     rest, held = train_test_split(np.arange(len(labels)), test_size=test_fraction, stratify=labels,
                                   random_state=test_seed)

@@ -22,7 +22,8 @@ from torch import nn
 
 from .blocks import discover_blocks
 from ._callable import callable_module
-from .data import Split, Task, as_task, take
+from .data import Split, Task, take
+from .sources import as_task
 from .engines import Job, TrialOutcome, check_backend, get_engine
 from .errors import ConfigError, check_positive
 from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint, tuned_state

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autosub.data import as_task
+from autosub.sources import as_task
 from autosub.errors import DataError
 from autosub.text import TextClassifier
 
