@@ -18,7 +18,8 @@ unpickles it once, not once per trial: it is ~150 MB for a ResNet-18 with its ca
 an exception in training is recorded FAIL and not retried), and small checkpoints: after every epoch a trial
 reports its :class:`~autosub.checkpoint.FitState` — the tuned tensors (selected blocks + head, safetensors) and
 the optimizer, schedule and RNG state, not the frozen trunk —, and at the end its record too. A retried trial
-(its worker or node died) resumes from its last epoch; one that already finished re-reports its record. ``resume=True`` after the driver died calls
+(its worker or node died) resumes from its last epoch; one that already finished re-reports its record. The
+search's final model is the best trial's checkpoint, not a refit. ``resume=True`` after the driver died calls
 ``Tuner.restore``: finished trials are kept, unfinished ones run again, trials the study holds as RUNNING but
 Tune never recorded are failed and re-enqueued. Trials record ``node_id``, ``node_ip``, ``pid`` and ``gpu_ids``.
 

@@ -234,7 +234,7 @@ class SelectorSearcher(Searcher):
 _PAYLOAD: dict[str, Callable] = {}  # in a worker process: the search's run_trial, unpickled once per search
 
 
-def train_trial(config: dict[str, Any], payload: list | None = None, epochs: int = 1) -> None:
+def train_trial(config: dict[str, Any], payload: list, epochs: int = 1) -> None:
     """One trial on a Ray worker: train through the Job's ``run_trial`` (``payload``: [its ObjectRef]); after each
     epoch report and checkpoint the run's FitState."""
     import ray
