@@ -179,15 +179,15 @@ DRIVER = textwrap.dedent("""
             os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             return real(*args, **kwargs)
-        def die_after_epoch_1(state):  # a dead worker, as after an OOM kill, once epoch 1 is checkpointed
+        def die_in_epoch_2(state):  # a dead worker, as after an OOM kill, after epoch 1 was checkpointed:
+            if state.epoch >= 2:    # Tune lets epoch 2 run only once it has saved epoch 1's checkpoint
+                os._exit(1)
             save(state)
-            time.sleep(1.0)
-            os._exit(1)
-        return real(*args, **{{**kwargs, "checkpoint": die_after_epoch_1}})
+        return real(*args, **{{**kwargs, "checkpoint": die_in_epoch_2}})
     autosub.train.fit = paced
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
-    res = search(model, make_image_task(n=64, px=16), 6, backend="ray", address="auto", run_dir={run_dir!r},
+    res = search(model, make_image_task(n=64, px=16), 8, backend="ray", address="auto", run_dir={run_dir!r},
                  resume=sys.argv[1] == "resume", space=SearchSpace(max_blocks=2), epochs=2, prior=None,
                  progress=False, seed=0, max_failures=1)
     print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "selection": list(res.selection)}}))
@@ -236,7 +236,7 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = _finished(db)
-    assert 2 <= len(before) < 6, before  # the kill landed mid-search
+    assert 2 <= len(before) < 8, before  # the kill landed mid-search
 
     second = subprocess.run([sys.executable, str(script), "resume"], env=env, capture_output=True, text=True,
                             timeout=240)
@@ -245,7 +245,7 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     after = _finished(db)
     assert all(after[n] == v for n, v in before.items())  # every trial finished before the kill is kept as it was
     ran = [n for n, (s, _) in after.items() if s in ("COMPLETE", "PRUNED")]
-    assert len(ran) == 6 and out["stop"].startswith("trials")  # ... and the search completed its budget
+    assert len(ran) == 8 and out["stop"].startswith("trials")  # ... and the search completed its budget
     import optuna
 
     trials = optuna.load_study(study_name="autosub", storage=f"sqlite:///{db}").trials
@@ -288,6 +288,37 @@ def test_a_search_through_ray_client_runs_on_the_cluster(cluster, tmp_path):
     assert len(out["states"]) == 4 and set(out["states"]) <= {"COMPLETE", "PRUNED"} and out["score"] > 0, out
     assert all(ip == "127.0.0.2" and pid != out["driver"] for ip, pid in out["where"]), out  # ran on the cluster
     assert (tmp_path / "run" / "study.db").exists()  # the Tune loop ran on the head, with the study here
+
+
+def test_ray_client_session_failures_are_retried_and_other_errors_fail_at_once(monkeypatch):
+    import ray
+
+    from autosub.engines import ray as engine
+    from autosub.errors import SearchAborted
+
+    calls = []
+
+    def init(address, **kw):
+        calls.append(address)
+        if len(calls) == 1:
+            raise ConnectionAbortedError("Initialization failure from server")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(engine.time, "sleep", lambda s: None)
+    monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)
+    assert engine.connect("ray://127.0.0.2:1") is True and calls == ["ray://127.0.0.2:1"] * 2
+
+    def timeout(address, **kw):
+        calls.append(address)
+        raise ConnectionError("ray client connection timeout")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", timeout)
+    with pytest.raises(SearchAborted, match="Cannot join the Ray cluster at 'ray://127.0.0.2:1'"):
+        engine.connect("ray://127.0.0.2:1")
+    assert len(calls) == 1  # a wrong address is not retried
 
 
 # ---------------------------------------------------------------------------------------- optional extra

@@ -182,6 +182,11 @@ def check_resources(resources: Mapping[str, float] | None) -> dict[str, float]:
     return {k: float(v) for k, v in resources.items()}
 
 
+# A Ray Client server can fail to start a client's session under load (Ray 2.60: psutil ZombieProcess in its
+# proxier); it answers ConnectionAbortedError, and a second attempt works. Other errors fail at once.
+CLIENT_ATTEMPTS = 3
+
+
 def connect(address: str | None) -> bool:
     """Join or start Ray (see the module docs); return whether this is a Ray Client connection."""
     import ray
@@ -191,12 +196,19 @@ def connect(address: str | None) -> bool:
         kw: dict[str, Any] = {"logging_level": logging.WARNING}
         if not target.startswith("ray://"):  # Ray Client takes neither (nor a runtime_env: its server failed)
             kw.update(include_dashboard=False, configure_logging=False)
-        log.info("ray.init(address=%r)", target)
-        try:
-            ray.init(address=target, **kw)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise SearchAborted(f"Cannot join the Ray cluster at {target!r}: {type(exc).__name__}: {exc}. Check the "
-                                "address (or $RAY_ADDRESS), or start one with `ray start --head`.") from exc
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+            log.info("ray.init(address=%r)", target)
+            try:
+                ray.init(address=target, **kw)
+                break
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                if isinstance(exc, ConnectionAbortedError) and attempt < CLIENT_ATTEMPTS:
+                    log.warning("Ray Client: the server failed to start a session (%s); retrying", exc)
+                    ray.shutdown()
+                    time.sleep(attempt)
+                    continue
+                raise SearchAborted(f"Cannot join the Ray cluster at {target!r}: {type(exc).__name__}: {exc}. Check "
+                                    "the address (or $RAY_ADDRESS), or start one with `ray start --head`.") from exc
     elif address not in (None, "auto", "local") and address != ray.get_runtime_context().gcs_address:
         log.warning("Ray is already initialized; address=%r is ignored (call ray.shutdown() first)", address)
     return bool(ray.util.client.ray.is_connected())
