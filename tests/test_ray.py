@@ -173,17 +173,18 @@ DRIVER = textwrap.dedent("""
     def paced(*args, **kwargs):  # slow trials down so the kill lands mid-search; one worker dies mid-trial
         time.sleep(1.5)
         save = kwargs.get("checkpoint")
-        try:
-            if save is None:
-                raise FileExistsError
-            os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
+        if save is None:
             return real(*args, **kwargs)
-        def die_in_epoch_2(state):  # a dead worker, as after an OOM kill, after epoch 1 was checkpointed:
-            if state.epoch >= 2:    # Tune lets epoch 2 run only once it has saved epoch 1's checkpoint
-                os._exit(1)
+        def die_once_in_epoch_2(state):  # the first trial to reach epoch 2 loses its worker (as after an OOM kill);
+            if state.epoch >= 2:         # Tune runs epoch 2 only after it saved epoch 1's checkpoint, and a trial
+                try:                     # ASHA stopped after epoch 1 never gets here
+                    os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    pass
+                else:
+                    os._exit(1)
             save(state)
-        return real(*args, **{{**kwargs, "checkpoint": die_in_epoch_2}})
+        return real(*args, **{{**kwargs, "checkpoint": die_once_in_epoch_2}})
     autosub.train.fit = paced
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
