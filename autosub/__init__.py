@@ -1,5 +1,15 @@
 """autosub: automated SubTuning — finetune only the blocks of a pretrained network that matter.
 
+The package is grouped by concern (as Optuna groups ``samplers/``, ``pruners/``, ``storages/``); data flows
+downward: ``cli`` → ``hpo`` → ``selection`` → ``training`` → ``model`` / ``data`` → ``errors``.
+
+* :mod:`autosub.model` — what a network is to autosub: blocks, heads, freezing, boundaries, cost, the zoo;
+* :mod:`autosub.data` — tasks and splits, ``as_task``, the shipped datasets;
+* :mod:`autosub.training` — run one selection: the setup path, the trainer, the prefix cache, checkpoints;
+* :mod:`autosub.selection` — rate blocks: the finetuning profile, greedy, the prior;
+* :mod:`autosub.hpo` — the search: ``search()``, spaces, budgets, selectors, engines (Optuna, Ray), results;
+* :mod:`autosub.report` — plots; :mod:`autosub.cli` — the ``autosub`` command.
+
 Public names are imported lazily, so ``import autosub`` stays cheap and never imports optional extras (ray,
 matplotlib, transformers) until they are used.
 """
@@ -8,29 +18,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from . import _compat
+from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
-    "Block": "blocks",
-    "Partition": "blocks",
-    "discover_blocks": "blocks",
-    "replace_head": "heads",
-    "Task": "data",
-    "Split": "data",
-    "as_task": "sources",
-    "fit": "train",
-    "evaluate": "train",
-    "FitResult": "train",
-    "search": "search",
-    "SearchResult": "result",
-    "Budget": "space",
-    "SearchSpace": "space",
-    "profile": "profile",
-    "Profile": "profile",
-    "greedy": "greedy",
-    "GreedyResult": "greedy",
-    "ActivationCache": "cache",
-    "MemoryBudget": "cache",
+    "Block": "model.blocks",
+    "Partition": "model.blocks",
+    "discover_blocks": "model.blocks",
+    "replace_head": "model.heads",
+    "Task": "data.task",
+    "Split": "data.task",
+    "as_task": "data.sources",
+    "fit": "training.trainer",
+    "evaluate": "training.trainer",
+    "FitResult": "training.trainer",
+    "ActivationCache": "training.cache",
+    "MemoryBudget": "training.cache",
+    "profile": "selection.profiling",
+    "Profile": "selection.profiling",
+    "greedy": "selection.greedy_selection",
+    "GreedyResult": "selection.greedy_selection",
+    "search": "hpo.searching",
+    "SearchResult": "hpo.result",
+    "Budget": "hpo.budget",
+    "SearchSpace": "hpo.space",
+    "OptunaBackend": "hpo.backends",
+    "RayBackend": "hpo.backends",
     "AutoSubError": "errors",
     "BlockDiscoveryError": "errors",
     "SelectionError": "errors",
@@ -41,9 +54,12 @@ _EXPORTS: dict[str, str] = {
     "TrialFailed": "errors",
     "SearchAborted": "errors",
 }
-_SUBMODULES = {"datasets", "zoo", "text"}
+# Public submodules reachable as attributes (``from autosub import zoo``); ``import autosub.zoo`` works too.
+_SUBMODULES = {"datasets": "data.datasets", "zoo": "model.zoo", "text": "model.text"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+_compat.install(__name__, public={f"{__name__}.{k}": f"{__name__}.{v}" for k, v in _SUBMODULES.items()})
 
 
 def __getattr__(name: str) -> Any:
@@ -52,7 +68,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module 'autosub' has no attribute {name!r}")
 
 
@@ -61,16 +77,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .blocks import Block, Partition, discover_blocks
-    from .cache import ActivationCache, MemoryBudget
-    from .data import Split, Task
-    from .sources import as_task
+    from .data.sources import as_task
+    from .data.task import Split, Task
     from .errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, MissingDependencyError,
                          SearchAborted, SelectionError, TrialFailed, WeightsError)
-    from .greedy import GreedyResult, greedy
-    from .heads import replace_head
-    from .profile import Profile, profile
-    from .result import SearchResult
-    from .search import search
-    from .space import Budget, SearchSpace
-    from .train import FitResult, evaluate, fit
+    from .hpo.backends import OptunaBackend, RayBackend
+    from .hpo.budget import Budget
+    from .hpo.result import SearchResult
+    from .hpo.searching import search
+    from .hpo.space import SearchSpace
+    from .model.blocks import Block, Partition, discover_blocks
+    from .model.heads import replace_head
+    from .selection.greedy_selection import GreedyResult, greedy
+    from .selection.profiling import Profile, profile
+    from .training.cache import ActivationCache, MemoryBudget
+    from .training.trainer import FitResult, evaluate, fit

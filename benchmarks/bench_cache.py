@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
 from autosub import ActivationCache, discover_blocks, fit, replace_head  # noqa: E402
-from autosub.data import Split, Task  # noqa: E402
-from autosub.train import resolve_device  # noqa: E402
+from autosub.data.task import Split, Task  # noqa: E402
+from autosub.training.trainer import resolve_device  # noqa: E402
 
 
 def make_model(name: str):
@@ -36,7 +36,7 @@ def make_model(name: str):
     (speed does not depend on the weights' values)."""
     if name == "tf_efficientnet_lite0":
         try:
-            from autosub.zoo import efficientnet_lite0
+            from autosub.model.zoo import efficientnet_lite0
 
             return efficientnet_lite0()
         except Exception:  # data extra missing: same architecture, same speed

@@ -82,7 +82,7 @@ def run_one(args: tuple[str, int]) -> dict:
     import timm
     import torch
 
-    from autosub.blocks import discover_blocks
+    from autosub.model.blocks import discover_blocks
 
     row: dict = {"model": name, "ok": False}
     t0 = time.perf_counter()

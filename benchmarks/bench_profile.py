@@ -21,7 +21,7 @@ seed: the Spearman of the naive profile with itself, the most any cheaper profil
 Settings, and why. At 32 px on a CPU the FLOPs of EfficientNet-Lite0 are spread evenly over the blocks, so
 tuning an early block costs nearly a full-finetune step even from the cache: one epoch over all 16 blocks costs ~6
 full-FT epochs cached (~6.5 naive); multi-fidelity must deliver the speedup. The 1-epoch rung trains at
-lr × min(epochs/1, 4) (``autosub.profile.rung_lr_scale``): at the plain lr it ranks blocks by how fast they start
+lr × min(epochs/1, 4) (``autosub.selection.profiling.rung_lr_scale``): at the plain lr it ranks blocks by how fast they start
 (Spearman 0.83 against the 4-epoch naive ranking on this CPU); at the scaled lr by where they end (0.97–0.99).
 At 8 epochs most blocks saturate (0.94–0.98) and the naive ranking is mostly seed noise (two naive seeds agree at
 Spearman 0.62 on an H200), so the default is 5 epochs, rungs [1, 5], 16 → 2 blocks.
@@ -45,7 +45,7 @@ from machine import describe_machine  # noqa: E402
 
 import autosub  # noqa: E402
 from autosub import discover_blocks, fit  # noqa: E402
-from autosub.profile import halving_rungs, profile  # noqa: E402
+from autosub.selection.profiling import halving_rungs, profile  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 

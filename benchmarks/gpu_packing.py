@@ -63,7 +63,7 @@ def _importable(name: str) -> bool:
 
 def make_task(n: int, px: int = 224, seed: int = 0):
     """Random 224 px images, 10 classes (throughput does not depend on the pixels)."""
-    from autosub.data import Split, Task
+    from autosub.data.task import Split, Task
 
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(n + 64, 3, px, px, generator=g), torch.randint(0, 10, (n + 64,), generator=g)
@@ -155,8 +155,9 @@ def main() -> None:
     import timm
 
     from autosub import MemoryBudget, discover_blocks, fit
-    from autosub.search import search
-    from autosub.space import Budget, SearchSpace
+    from autosub.hpo.searching import search
+    from autosub.hpo.budget import Budget
+    from autosub.hpo.space import SearchSpace
 
     epochs, n = (4, 256) if args.quick else (8, 512)
     torch.backends.cudnn.benchmark = True

@@ -14,7 +14,7 @@ torch.set_num_threads(1)  # steady on a 2-core machine where Ray workers or othe
 
 def make_image_task(n: int = 96, px: int = 32, classes: int = 4, seed: int = 0, *, learnable: bool = True):
     """A seeded image task; with ``learnable`` the class is written into the mean of one colour channel."""
-    from autosub.data import Split, Task
+    from autosub.data.task import Split, Task
 
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes

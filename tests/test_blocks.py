@@ -9,7 +9,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from autosub.blocks import Partition, discover_blocks, find_head
+from autosub.model.blocks import Partition, discover_blocks, find_head
 from autosub.errors import BlockDiscoveryError, ConfigError
 
 transformers = pytest.importorskip("transformers")
@@ -47,7 +47,7 @@ def tiny_bert_config():
 
 
 class FakeTextClassifier(nn.Module):
-    """The shape of autosub.text.TextClassifier: ``.encoder`` (HF model) + ``.head`` (Linear)."""
+    """The shape of autosub.model.text.TextClassifier: ``.encoder`` (HF model) + ``.head`` (Linear)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -5,9 +5,9 @@ import copy
 
 import torch
 
-from autosub.blocks import discover_blocks
-from autosub.cache import ActivationCache, MemoryBudget, batch_ranges
-from autosub.heads import replace_head
+from autosub.model.blocks import discover_blocks
+from autosub.training.cache import ActivationCache, MemoryBudget, batch_ranges
+from autosub.model.heads import replace_head
 
 
 def _cache(model, task, **kw):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autosub.checkpoint import STATE, TENSORS, FitState
+from autosub.training.checkpoint import STATE, TENSORS, FitState
 from autosub.errors import ConfigError
-from autosub.train import fit
+from autosub.training.trainer import fit
 
 
 def _states(model, task, selection, **kw):

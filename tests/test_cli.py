@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from autosub.cli import build_parser, main
+from autosub.cli.main import build_parser, main
 
 
 def test_demo_runs_the_search_against_both_baselines_and_saves_its_evidence(capsys, tmp_path):
@@ -18,7 +18,7 @@ def test_demo_runs_the_search_against_both_baselines_and_saves_its_evidence(caps
         val, test = float(line.split()[-3]), float(line.split()[-2])
         assert 0.0 <= val <= 1.0 and 0.0 <= test <= 1.0
     assert "2 trials (stopped by trials (2/2))" in out and "profile of all 16 blocks" in out
-    from autosub.result import SearchResult
+    from autosub.hpo.result import SearchResult
 
     saved = SearchResult.load(run_dir / "result")  # the evidence the demo points to
     assert saved.test_score is not None and len(saved.selection) >= 1 and (run_dir / "study.db").exists()

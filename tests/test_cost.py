@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from autosub.blocks import discover_blocks
-from autosub.cost import count_flops
+from autosub.model.blocks import discover_blocks
+from autosub.model.cost import count_flops
 
 
 def test_fork_share_falls_with_depth_and_full_costs_everything(test_resnet):

@@ -5,10 +5,10 @@ import copy
 
 import pytest
 
-from autosub.blocks import discover_blocks
-from autosub.cache import ActivationCache, MemoryBudget
-from autosub.heads import replace_head
-from autosub.train import fit
+from autosub.model.blocks import discover_blocks
+from autosub.training.cache import ActivationCache, MemoryBudget
+from autosub.model.heads import replace_head
+from autosub.training.trainer import fit
 
 pytestmark = pytest.mark.gpu
 

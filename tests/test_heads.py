@@ -7,9 +7,9 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from autosub.blocks import discover_blocks
+from autosub.model.blocks import discover_blocks
 from autosub.errors import BlockDiscoveryError, ConfigError
-from autosub.heads import head_parameters, replace_head
+from autosub.model.heads import head_parameters, replace_head
 
 transformers = pytest.importorskip("transformers")
 
@@ -82,7 +82,7 @@ def test_hf_sequence_classifier_head_and_num_labels():
 
 
 def test_bare_hf_encoder_is_wrapped_in_text_classifier():
-    text = pytest.importorskip("autosub.text")
+    text = pytest.importorskip("autosub.model.text")
     bert = transformers.BertModel(tiny_bert_config())
     model = replace_head(bert, 4, seed=0)
     assert isinstance(model, text.TextClassifier) and model.encoder is bert

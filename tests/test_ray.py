@@ -85,7 +85,7 @@ def model():
 @pytest.fixture(scope="module")
 def task():
     from conftest import make_image_task
-    from autosub.data import Split, Task
+    from autosub.data.task import Split, Task
 
     t = make_image_task(n=96, px=16)
     return Task(t.train, Split(t.val.inputs[:12], t.val.targets[:12], name="val"), t.num_classes,
@@ -95,8 +95,8 @@ def task():
 @pytest.fixture(scope="module")
 def ray_result(cluster, model, task, tmp_path_factory):
     """One search on the two-node cluster through address="auto"."""
-    from autosub.search import search
-    from autosub.space import SearchSpace
+    from autosub.hpo.searching import search
+    from autosub.hpo.space import SearchSpace
 
     run_dir = tmp_path_factory.mktemp("ray-run")
     res = search(model, task, 6, backend="ray", address="auto", run_dir=run_dir, space=SearchSpace(max_blocks=2),
@@ -106,9 +106,9 @@ def ray_result(cluster, model, task, tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ results
 def test_ray_search_returns_the_same_result_as_the_optuna_backend(ray_result, model, task, tmp_path):
-    from autosub.result import SearchResult
-    from autosub.search import search
-    from autosub.space import SearchSpace
+    from autosub.hpo.result import SearchResult
+    from autosub.hpo.searching import search
+    from autosub.hpo.space import SearchSpace
 
     res, run_dir = ray_result
     ref = search(model, task, 6, run_dir=tmp_path, space=SearchSpace(max_blocks=2), **SMALL)
@@ -144,8 +144,8 @@ def test_trials_ran_on_both_nodes_of_the_cluster(ray_result):
 
 
 def test_checkpoints_hold_the_tuned_tensors_and_optimizer_state_not_the_model(ray_result, model):
-    from autosub.checkpoint import FitState
-    from autosub.engines.ray import load_tuned
+    from autosub.training.checkpoint import FitState
+    from autosub.hpo.engines.ray import load_tuned
 
     res, run_dir = ray_result
     state = load_tuned(run_dir / "ray", res.best_trial)
@@ -164,12 +164,12 @@ DRIVER = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
     import timm, torch
-    import autosub.train
+    import autosub.training.trainer
     from conftest import make_image_task
-    from autosub.search import search
-    from autosub.space import SearchSpace
+    from autosub.hpo.searching import search
+    from autosub.hpo.space import SearchSpace
 
-    real = autosub.train.fit
+    real = autosub.training.trainer.fit
     def paced(*args, **kwargs):  # slow trials down so the kill lands mid-search; one worker dies mid-trial
         time.sleep(1.5)
         save = kwargs.get("checkpoint")
@@ -185,7 +185,7 @@ DRIVER = textwrap.dedent("""
                     os._exit(1)
             save(state)
         return real(*args, **{{**kwargs, "checkpoint": die_once_in_epoch_2}})
-    autosub.train.fit = paced
+    autosub.training.trainer.fit = paced
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
     res = search(model, make_image_task(n=64, px=16), 8, backend="ray", address="auto", run_dir={run_dir!r},
@@ -265,8 +265,8 @@ CLIENT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import timm, torch
     from conftest import make_image_task
-    from autosub.search import search
-    from autosub.space import SearchSpace
+    from autosub.hpo.searching import search
+    from autosub.hpo.space import SearchSpace
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
     res = search(model, make_image_task(n=64, px=16), 4, backend="ray", address={address!r}, run_dir={run_dir!r},
@@ -294,7 +294,7 @@ def test_a_search_through_ray_client_runs_on_the_cluster(cluster, tmp_path):
 def test_ray_client_session_failures_are_retried_and_other_errors_fail_at_once(monkeypatch):
     import ray
 
-    from autosub.engines import ray as engine
+    from autosub.hpo.engines import ray as engine
     from autosub.errors import SearchAborted
 
     calls = []
@@ -330,8 +330,8 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_import_autosub_does_not_import_ray():
     p = _python("""
-        import sys, autosub, autosub.search, autosub.engines, autosub.engines.optuna
-        assert autosub.search and "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))
+        import sys, autosub, autosub.hpo.searching, autosub.hpo.engines, autosub.hpo.engines.optuna
+        assert autosub.hpo.searching and "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))
     """)
     assert p.returncode == 0, p.stderr
 
@@ -340,9 +340,9 @@ def test_backend_ray_without_ray_says_how_to_install_it_before_any_work():
     p = _python("""
         import sys
         sys.modules["ray"] = None  # as if ray were not installed
-        from autosub.engines import get_engine
+        from autosub.hpo.engines import get_engine
         from autosub.errors import MissingDependencyError
-        from autosub.search import search
+        from autosub.hpo.searching import search
         for call in (lambda: get_engine("ray"), lambda: search(None, None, 3, backend="ray", run_dir="/nonexistent")):
             try:
                 call()
@@ -356,7 +356,7 @@ def test_backend_ray_without_ray_says_how_to_install_it_before_any_work():
 
 def test_ray_options_are_checked_before_any_work(model, task, tmp_path):
     from autosub.errors import ConfigError
-    from autosub.search import search
+    from autosub.hpo.searching import search
 
     with pytest.raises(ConfigError, match="only to backend='ray'"):
         search(model, task, 2, address="auto", run_dir=tmp_path, **SMALL)
@@ -373,7 +373,7 @@ def test_ray_options_are_checked_before_any_work(model, task, tmp_path):
 
 def test_a_trial_that_fits_no_node_fails_before_any_work(cluster, model, task, tmp_path):
     from autosub.errors import ConfigError
-    from autosub.search import search
+    from autosub.hpo.searching import search
 
     with pytest.raises(ConfigError, match="No trial fits the Ray cluster"):
         search(model, task, 2, backend="ray", address="auto", resources_per_trial={"cpu": 1, "gpu": 0.5},

@@ -6,18 +6,18 @@ import json
 import pytest
 import torch
 
-from autosub.blocks import discover_blocks
+from autosub.model.blocks import discover_blocks
 from autosub.errors import ConfigError, WeightsError
-from autosub.result import SearchResult, TrialRecord, pareto_front, trials_frame
-from autosub.search import search
-from autosub.space import SearchSpace
+from autosub.hpo.result import SearchResult, TrialRecord, pareto_front, trials_frame
+from autosub.hpo.searching import search
+from autosub.hpo.space import SearchSpace
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     import timm
 
-    from autosub.datasets import digits
+    from autosub.data.datasets import digits
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -7,14 +7,15 @@ import numpy as np
 import optuna
 import pytest
 
-from autosub.engines import Job, TrialOutcome
-from autosub.engines.optuna import OptunaEngine
+from autosub.hpo.engines import Job, TrialOutcome
+from autosub.hpo.engines.optuna import OptunaEngine
 from autosub.errors import ConfigError
-from autosub.profile import Profile, ProfileEntry
-from autosub.result import TrialRecord
-from autosub.selectors import (SELECTORS, BaseSelector, GreedySelector, Prior, SelectorContext, StructuredSampler,
+from autosub.selection.profiling import Profile, ProfileEntry
+from autosub.hpo.result import TrialRecord
+from autosub.hpo.selectors import (SELECTORS, BaseSelector, GreedySelector, Prior, SelectorContext, StructuredSampler,
                                TopKSelector, TPESelector, get_selector, register_selector)
-from autosub.space import Budget, Meter, SearchSpace
+from autosub.hpo.budget import Budget, Meter
+from autosub.hpo.space import SearchSpace
 
 N = 6
 GOOD = {4: 0.3, 5: 0.2, 1: 0.05}  # synthetic value of each block: the optimum is (4, 5) ∪ maybe 1
@@ -54,7 +55,7 @@ def test_a_new_selector_plugs_in_by_name():
     @register_selector("always-last")
     class Last(BaseSelector):
         def initial(self, ctx):
-            from autosub.selectors import Proposal
+            from autosub.hpo.selectors import Proposal
 
             return [Proposal(ctx.space.encode((ctx.space.n - 1,), defaults=True))]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from autosub.data import Task
+from autosub.data.task import Task
 from autosub.errors import ConfigError, DataError
-from autosub.sources import as_task
+from autosub.data.sources import as_task
 
 
 def ids_task(n=200, classes=4, **kw):

@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from autosub.errors import ConfigError
-from autosub.space import Budget, Meter, SearchSpace
+from autosub.hpo.budget import Budget, Meter
+from autosub.hpo.space import SearchSpace
 
 PARAMS = [100, 200, 300, 400, 500, 600]
 SHARE = [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.05]  # fork share per first tuned block (last: head only)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from autosub.blocks import Block, Partition
-from autosub.splitting import capture, eval_mode, replay, verify
+from autosub.model.blocks import Block, Partition
+from autosub.model.splitting import capture, eval_mode, replay, verify
 
 
 def hand_partition(model: nn.Module, block_paths: list[str], head: str) -> Partition:
@@ -39,7 +39,7 @@ class Skip(nn.Module):
 
 
 def test_every_boundary_of_a_timm_resnet_replays_exactly(test_resnet):
-    from autosub.blocks import discover_blocks
+    from autosub.model.blocks import discover_blocks
 
     part = discover_blocks(test_resnet)
     x = torch.randn(4, 3, 32, 32)
@@ -48,7 +48,7 @@ def test_every_boundary_of_a_timm_resnet_replays_exactly(test_resnet):
 
 
 def test_replay_runs_the_real_batch_from_cached_inputs(test_resnet):
-    from autosub.blocks import discover_blocks
+    from autosub.model.blocks import discover_blocks
 
     part = discover_blocks(test_resnet)
     x = torch.randn(5, 3, 32, 32)
@@ -61,7 +61,7 @@ def test_replay_runs_the_real_batch_from_cached_inputs(test_resnet):
 
 
 def test_capture_stops_after_the_deepest_boundary(test_resnet):
-    from autosub.blocks import discover_blocks
+    from autosub.model.blocks import discover_blocks
 
     part = discover_blocks(test_resnet)
     calls = []

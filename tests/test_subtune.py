@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from autosub.blocks import discover_blocks
+from autosub.model.blocks import discover_blocks
 from autosub.errors import SelectionError
-from autosub.subtune import FULL, first_boundary, freeze, normalize_selection, param_groups, set_modes
+from autosub.model.subtune import FULL, first_boundary, freeze, normalize_selection, param_groups, set_modes
 
 
 def test_normalize_selection(test_resnet):

@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autosub.sources import as_task
+from autosub.data.sources import as_task
 from autosub.errors import DataError
-from autosub.text import TextClassifier
+from autosub.model.text import TextClassifier
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    from autosub.zoo import minilm_l6
+    from autosub.model.zoo import minilm_l6
 
     torch.manual_seed(0)
     return minilm_l6(num_classes=3)

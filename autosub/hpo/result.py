@@ -1,0 +1,247 @@
+"""What a search returns: the best selection and hyperparameters, the final model, every trial, the Pareto front.
+
+``SearchResult`` is engine-agnostic: the Optuna and Ray engines both turn their trials into ``TrialRecord``s.
+``save(dir)`` writes an artifact directory (DESIGN convention 6): ``autosub.json`` (sorted keys, autosub
+version, trunk fingerprint), ``tuned.safetensors`` holding only the tuned tensors (selected blocks + head,
+BatchNorm buffers included) and ``trials.csv``; ``load(dir)`` + ``to_model(base_model)`` rebuild the model.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_JSON, ARTIFACT_TENSORS, ARTIFACT_TRIALS = "autosub.json", "tuned.safetensors", "trials.csv"
+LOWER_IS_BETTER = {"cost", "params"}
+
+
+@dataclass
+class TrialRecord:
+    """One trial, whatever engine ran it. ``values`` follow the search's objectives (score first)."""
+
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    values: list[float] | None
+    params: dict[str, Any]
+    selection: tuple[int, ...] | None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    intermediate: dict[int, float] = field(default_factory=dict)
+    seconds: float | None = None
+    retry_of: int | None = None
+
+    @property
+    def score(self) -> float | None:
+        """The validation score (last reported one for a pruned trial)."""
+        if self.values:
+            return float(self.values[0])
+        if self.intermediate:
+            return float(self.intermediate[max(self.intermediate)])
+        return None
+
+    def row(self, objectives: Sequence[str]) -> dict[str, Any]:
+        u = self.user_attrs
+        row: dict[str, Any] = {"number": self.number, "state": self.state, "score": self.score,
+                               "selection": ",".join(map(str, self.selection)) if self.selection is not None else None,
+                               "n_blocks": len(self.selection) if self.selection is not None else None}
+        for i, name in enumerate(objectives[1:], start=1):
+            row[name] = self.values[i] if self.values else None
+        row.update({"lr": self.hparams.get("lr"), "weight_decay": self.hparams.get("weight_decay"),
+                    "trainable_params": u.get("trainable_params"), "added_cost": u.get("added_cost"),
+                    "epochs_run": len(self.intermediate) or None, "seconds": self.seconds,
+                    "compute": u.get("compute"), "cum_compute": u.get("cum_compute"),
+                    "proposed_by": u.get("proposed_by"), "fail_reason": u.get("fail_reason"),
+                    "duplicate_of": u.get("duplicate_of"), "retry_of": self.retry_of})
+        row.update({f"params_{k}": v for k, v in sorted(self.params.items())})
+        return row
+
+
+def trials_frame(records: Sequence[TrialRecord], objectives: Sequence[str]) -> Any:
+    """All trials as a pandas DataFrame, one row each, ordered by trial number."""
+    import pandas as pd
+
+    return pd.DataFrame([r.row(objectives) for r in sorted(records, key=lambda r: r.number)])
+
+
+def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
+    """Non-dominated COMPLETE trials: over the objectives, or (score, added cost) for a single objective."""
+    keys = list(objectives) if len(objectives) > 1 else ["score", "cost"]
+
+    def vec(r: TrialRecord) -> list[float] | None:
+        out = []
+        for i, k in enumerate(keys):
+            if len(objectives) > 1:
+                v = r.values[i] if r.values else None
+            else:
+                v = r.score if k == "score" else r.user_attrs.get("added_cost")
+            if v is None:
+                return None
+            out.append(-float(v) if k in LOWER_IS_BETTER else float(v))  # all maximized
+        return out
+
+    done = [(r, vec(r)) for r in records if r.state == "COMPLETE"]
+    done = [(r, v) for r, v in done if v is not None]
+    front, seen = [], set()
+    for r, v in done:
+        dominated = any(all(a >= b for a, b in zip(w, v)) and any(a > b for a, b in zip(w, v)) for _, w in done)
+        if not dominated and tuple(v) not in seen:  # one trial per point
+            seen.add(tuple(v))
+            front.append(r)
+    return sorted(front, key=lambda r: -(r.score or 0.0))
+
+
+@dataclass
+class SearchResult:
+    """The outcome of ``autosub.search``: best selection + hyperparameters, scores, final model, all trials."""
+
+    selection: tuple[int, ...]
+    hparams: dict[str, Any]
+    score: float
+    test_score: float | None
+    model: nn.Module | None
+    trials: Any  # pandas DataFrame
+    records: list[TrialRecord]
+    pareto: list[dict[str, Any]]
+    spent: dict[str, Any]
+    objectives: tuple[str, ...] = ("score",)
+    best_trial: int | None = None
+    study_name: str | None = None
+    storage: str | None = None
+    run_dir: str | None = None
+    prior: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    study: Any = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        test = f", test_score={self.test_score:.4f}" if self.test_score is not None else ""
+        return (f"SearchResult(selection={self.selection}, score={self.score:.4f}{test}, trials={len(self.records)}, "
+                f"spent={self.spent.get('compute')} full-FT epochs / {self.spent.get('seconds')} s)")
+
+    @property
+    def dashboard_command(self) -> str:
+        """The shell command that opens this study in optuna-dashboard."""
+        return f"optuna-dashboard {self.storage}" if self.storage else ""
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"autosub_version": __version__, "kind": "search_result", "selection": list(self.selection),
+                "hparams": self.hparams, "score": self.score, "test_score": self.test_score,
+                "pareto": self.pareto, "spent": self.spent, "objectives": list(self.objectives),
+                "best_trial": self.best_trial, "study_name": self.study_name, "storage": self.storage,
+                "run_dir": self.run_dir, "prior": self.prior, "config": self.config,
+                "tuned_tensors": sorted(self.state) if self.state else []}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``autosub.json`` + ``tuned.safetensors`` (tuned tensors only) + ``trials.csv``; return the dir."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ARTIFACT_JSON).write_text(json.dumps(self.to_dict(), sort_keys=True, indent=2, default=_jsonable) + "\n")
+        if self.state:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
+            save_file(tensors, str(out / ARTIFACT_TENSORS), metadata={
+                "format": "pt", "autosub_version": __version__,
+                "trunk_fingerprint": str(self.config.get("trunk_fingerprint", "")),
+                "selection": ",".join(map(str, self.selection))})
+        if self.trials is not None and len(self.trials):
+            self.trials.to_csv(out / ARTIFACT_TRIALS, index=False)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SearchResult:
+        """Read a saved result (without a live model: call ``to_model(base_model)``)."""
+        import pandas as pd
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / ARTIFACT_JSON).exists():
+            raise ConfigError(f"{d} holds no {ARTIFACT_JSON}; point load() at a directory written by "
+                              "SearchResult.save().")
+        meta = json.loads((d / ARTIFACT_JSON).read_text())
+        if meta.get("kind") != "search_result":
+            raise ConfigError(f"{d / ARTIFACT_JSON} is not a search result (kind={meta.get('kind')!r}).")
+        state = load_file(str(d / ARTIFACT_TENSORS)) if (d / ARTIFACT_TENSORS).exists() else None
+        trials = pd.read_csv(d / ARTIFACT_TRIALS) if (d / ARTIFACT_TRIALS).exists() else pd.DataFrame()
+        return cls(selection=tuple(meta["selection"]), hparams=meta["hparams"], score=meta["score"],
+                   test_score=meta.get("test_score"), model=None, trials=trials, records=[],
+                   pareto=meta.get("pareto", []), spent=meta.get("spent", {}),
+                   objectives=tuple(meta.get("objectives", ["score"])), best_trial=meta.get("best_trial"),
+                   study_name=meta.get("study_name"), storage=meta.get("storage"), run_dir=meta.get("run_dir"),
+                   prior=meta.get("prior"), config=meta.get("config", {}), state=state)
+
+    def to_model(self, base_model: nn.Module | None = None) -> nn.Module:
+        """The tuned model: ``base_model`` (the pretrained trunk the search started from) + the tuned tensors."""
+        if base_model is None:
+            if self.model is None:
+                raise ConfigError("This result holds no model (it was loaded from disk); pass the pretrained "
+                                  "base model: result.to_model(base_model).")
+            return self.model
+        from ..model.blocks import discover_blocks
+        from ..model.heads import replace_head
+
+        if not self.state:
+            raise WeightsError("This result has no tuned tensors to apply.")
+        want = self.config.get("trunk_fingerprint")
+        got = trunk_fingerprint(base_model, discover_blocks(base_model))
+        if want and got != want:
+            raise WeightsError(f"The base model's frozen trunk (fingerprint {got[:12]}) is not the one this result "
+                               f"was tuned from ({want[:12]}); pass the same pretrained model.")
+        model = replace_head(copy.deepcopy(base_model), int(self.config["num_classes"]), seed=0)
+        current = model.state_dict()
+        missing = [k for k in self.state if k not in current or current[k].shape != self.state[k].shape]
+        if missing:
+            raise WeightsError(f"The tuned tensors {missing[:5]} do not fit {type(model).__name__}; pass the "
+                               "architecture the search ran on.")
+        ref = next(model.parameters())
+        model.load_state_dict({k: v.to(ref.device) for k, v in self.state.items()}, strict=False)
+        return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def tuned_state(model: nn.Module, selection: Sequence[int], partition: Any) -> dict[str, torch.Tensor]:
+    """The tensors SubTuning changed: parameters of the selected blocks and the head, plus their buffers."""
+    names = set(partition.head)
+    modules = [m for i in selection for m in partition[i].modules]
+    if partition.head_module:
+        modules.append(partition.head_module)
+    for i in selection:
+        names.update(partition[i].param_names)
+    out = {k: v.detach().cpu().clone() for k, v in model.named_parameters() if k in names}
+    out.update({k: v.detach().cpu().clone() for k, v in model.named_buffers()
+                if any(k.startswith(m + ".") for m in modules)})
+    return out
+
+
+def trunk_fingerprint(model: nn.Module, partition: Any) -> str:
+    """sha256 over the names, shapes and values of every tensor outside the head: identifies the frozen trunk."""
+    head = set(partition.head)
+    prefix = (partition.head_module + ".") if partition.head_module else None
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if k in head or (prefix and k.startswith(prefix)):
+            continue
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")

@@ -1,0 +1,354 @@
+"""Greedy SubTuning (the paper's selection): add (or remove) the block that helps most until the gain falls under ε.
+
+Two stopping rules, both on validation scores (or k-fold cross-validation on train+val merged; never test):
+
+* ``stopping="strict"`` — the paper's text. *Forward*: from the linear probe, add the best block while its gain
+  over the current subset is at least ε; stop at the first step whose best gain is below ε and return the current
+  subset (the block that failed is not added). *Backward*: from all candidate blocks, remove the block whose removal
+  costs least while that cost is below ε (gain > −ε); stop at the first step where every removal costs ε or more.
+* ``stopping="official"`` — the official code (``GreedySubsetSearch.search``): it always moves to the best
+  candidate; a step that beats the best score seen so far (by any margin, even < ε) becomes the new best; it stops
+  only when a step falls more than ε *below the best score seen*, or after every block was added / removed; it
+  returns the best subset ever seen, not the last one.
+
+Where they differ: (1) strict stops on a gain < ε, official keeps going through plateaus and small drops (within
+ε of the best) and can find a better subset behind them; (2) official accepts a block that improves by less than
+ε (any improvement makes a new best), strict never does; (3) official returns the best subset of the path (strict:
+the last accepted one). Two deliberate differences from the official code in both modes: the official code scores
+on the test split when its cross-validation is off (here: the validation split or folds of train+val), and it
+breaks ties by iteration order while autosub breaks them by lower block index (the same order for its layer lists).
+
+Computation is shared: one prefix cache (one pass, every candidate boundary) serves every fit. With cross-validation
+the folds differ but a frozen prefix's output for an example does not depend on the fold, so one cache is filled
+over train+val merged and each fold reads its rows through a view: k folds cost one prefix pass, not k.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..model.blocks import Partition, discover_blocks
+from ..training.cache import ActivationCache
+from ..data.task import Split, Task
+from .._version import __version__
+from ..errors import ConfigError, DataError, check_positive
+from .profiling import _with_head, build_cache, normalize_blocks, selection_view, write_json
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("forward", "backward")
+STOPPINGS = ("strict", "official")
+Subset = tuple[int, ...]
+
+
+@dataclass
+class GreedyStep:
+    """One greedy step: every candidate's score from ``start``, the chosen move and what happened to it."""
+
+    step: int
+    start: Subset
+    candidates: dict[int, float]
+    chosen: int
+    selection: Subset
+    score: float
+    gain: float
+    accepted: bool
+    new_best: bool
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "start": list(self.start),
+                "candidates": {str(k): v for k, v in self.candidates.items()}, "chosen": self.chosen,
+                "selection": list(self.selection), "score": self.score, "gain": self.gain, "accepted": self.accepted,
+                "new_best": self.new_best}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GreedyStep":
+        return cls(step=int(d["step"]), start=tuple(d["start"]), candidates={int(k): float(v) for k, v in
+                   d["candidates"].items()}, chosen=int(d["chosen"]), selection=tuple(d["selection"]),
+                   score=float(d["score"]), gain=float(d["gain"]), accepted=bool(d["accepted"]),
+                   new_best=bool(d["new_best"]))
+
+
+@dataclass
+class GreedyResult:
+    """The chosen subset, its score, and the whole path (every candidate's score at every step)."""
+
+    selection: Subset
+    score: float
+    path: list[GreedyStep]
+    start_score: float
+    stop_reason: str
+    cost_seconds: float = 0.0
+    n_fits: int = 0
+    config: dict = field(default_factory=dict)
+    version: str = ""
+
+    @property
+    def first_pick(self) -> int | None:
+        return self.path[0].chosen if self.path else None
+
+    def to_dict(self) -> dict:
+        return {"autosub_version": self.version, "selection": list(self.selection), "score": self.score,
+                "path": [s.to_dict() for s in self.path], "start_score": self.start_score,
+                "stop_reason": self.stop_reason, "cost_seconds": self.cost_seconds, "n_fits": self.n_fits,
+                "config": self.config}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GreedyResult":
+        return cls(selection=tuple(d["selection"]), score=float(d["score"]),
+                   path=[GreedyStep.from_dict(s) for s in d["path"]], start_score=float(d["start_score"]),
+                   stop_reason=d["stop_reason"], cost_seconds=float(d.get("cost_seconds", 0.0)),
+                   n_fits=int(d.get("n_fits", 0)), config=dict(d.get("config", {})),
+                   version=str(d.get("autosub_version", "")))
+
+    def save(self, path: str | Path) -> Path:
+        """Write sorted-key JSON (with the autosub version) and return the path."""
+        return write_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GreedyResult":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def greedy(
+    model: nn.Module,
+    task: Task,
+    *,
+    blocks: Sequence[int] | None = None,
+    partition: Partition | None = None,
+    direction: str = "forward",
+    epsilon: float = 0.005,
+    max_blocks: int | None = None,
+    stopping: str = "strict",
+    cv_folds: int | None = None,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    cache: bool | ActivationCache = True,
+    progress: bool = True,
+) -> GreedyResult:
+    """Greedy SubTuning over ``blocks`` (default: all): forward adds, backward removes, until the gain is < ε.
+
+    Every fit uses the same ``seed`` (same head init and batch order), so candidates are compared on equal terms.
+    With ``cv_folds`` the score is the mean over stratified folds of train+val merged (for tiny data).
+    """
+    from ..training.trainer import check_task, fit, resolve_device
+
+    _check_args(direction=direction, epsilon=epsilon, max_blocks=max_blocks, stopping=stopping, cv_folds=cv_folds,
+                epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    view = selection_view(task)
+    work = _with_head(model, view, seed, dev)  # blocks are found on the model fit trains (HF encoders get wrapped)
+    part = partition if partition is not None else discover_blocks(work)
+    todo = normalize_blocks(blocks, part, "greedy")
+    check_task(work, view)
+    boundaries = [*todo, len(part)]
+    if cv_folds:  # the prefix does not depend on the fold: one cache over train+val, each fold a view of its rows
+        merged, split_rows = cv_folds_of(view, cv_folds, seed=seed)
+        folds = [t for t, _ in split_rows]
+        base = None
+        if cache is not False and cache is not None:
+            if isinstance(cache, ActivationCache):
+                log.info("greedy: cross-validation builds its own cache over train+val; the given cache is unused")
+            base = ActivationCache(work, part, {"all": merged}, device=dev, batch_size=max(64, batch_size),
+                                   progress=progress)
+            base.ensure(boundaries, ["all"])
+        augmented = view.train_transform is not None
+        caches = [_FoldCache(base, r, augmented=augmented) if base is not None else None for _, r in split_rows]
+    else:
+        folds = [view]
+        shared, _ = build_cache(work, part, view, boundaries, cache=cache, device=dev, batch_size=batch_size,
+                                progress=progress)
+        caches = [shared]
+    del work
+
+    bar = tqdm(desc=f"greedy ({direction})", unit="fit", disable=not progress)
+    n_fits = 0
+    memo: dict[Subset, float] = {}
+
+    def score(sel: Subset) -> float:
+        nonlocal n_fits
+        if sel not in memo:
+            vals = []
+            for fold, c in zip(folds, caches):
+                r = fit(model, fold, sel, partition=part, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                        device=dev, cache=c if c is not None else False, keep_model=False)
+                vals.append(float(r.score))
+                n_fits += 1
+                bar.update(1)
+            memo[sel] = float(np.mean(vals))
+            bar.set_postfix(last=f"{sel} {memo[sel]:.3f}")
+        return memo[sel]
+
+    sel, best, path, start_score, reason = greedy_search(score, todo, direction=direction, epsilon=epsilon,
+                                                         max_blocks=max_blocks, stopping=stopping)
+    bar.close()
+    cost = time.perf_counter() - start
+    log.info("greedy: %s (score %.4f) after %d steps, %d fits, %.1fs; stop: %s", sel, best, len(path), n_fits, cost,
+             reason)
+    config = {"model": type(model).__name__, "blocks": list(todo), "direction": direction, "epsilon": epsilon,
+              "max_blocks": max_blocks, "stopping": stopping, "cv_folds": cv_folds, "epochs": epochs, "lr": lr,
+              "batch_size": batch_size, "seed": seed, "device": str(dev), "block_names": list(part.names),
+              "cached": caches[0] is not None}
+    return GreedyResult(selection=sel, score=best, path=path, start_score=start_score, stop_reason=reason,
+                        cost_seconds=cost, n_fits=n_fits, config=config, version=__version__)
+
+
+def greedy_search(
+    score: Callable[[Subset], float],
+    candidates: Sequence[int],
+    *,
+    direction: str = "forward",
+    epsilon: float = 0.005,
+    max_blocks: int | None = None,
+    stopping: str = "strict",
+) -> tuple[Subset, float, list[GreedyStep], float, str]:
+    """The greedy loop on any ``score(subset)``: returns (subset, score, path, start score, stop reason).
+
+    ``max_blocks`` caps the returned subset: forward stops when it is reached; backward removes blocks regardless
+    of the rule while the subset is larger, and only subsets within the cap can be returned.
+    """
+    if direction not in DIRECTIONS or stopping not in STOPPINGS:
+        raise ConfigError(f"greedy_search needs direction in {DIRECTIONS} and stopping in {STOPPINGS}; got "
+                          f"{direction!r} and {stopping!r} instead.")
+    forward = direction == "forward"
+    current: Subset = () if forward else tuple(sorted(candidates))
+    cur_score = start_score = score(current)
+
+    def fits_cap(s: Subset) -> bool:
+        return max_blocks is None or len(s) <= max_blocks
+
+    best: tuple[Subset, float] | None = (current, cur_score) if fits_cap(current) else None
+    path: list[GreedyStep] = []
+    reason = "exhausted"
+    while True:
+        if forward and max_blocks is not None and len(current) >= max_blocks:
+            reason = "max_blocks"
+            break
+        moves = [b for b in candidates if b not in current] if forward else list(current)
+        if not moves:
+            break
+        scores = {b: score(_move(current, b, forward)) for b in moves}
+        chosen = max(moves, key=lambda b: (scores[b], -b))
+        new, s = _move(current, chosen, forward), scores[chosen]
+        gain = s - cur_score
+        forced = not forward and not fits_cap(current)
+        if stopping == "strict":
+            ok = forced or (gain >= epsilon if forward else gain > -epsilon)
+            step = GreedyStep(len(path), current, scores, chosen, new, s, gain, ok, ok and fits_cap(new))
+            path.append(step)
+            if not ok:
+                reason = f"best gain {gain:+.4f} {'<' if forward else '<='} {'' if forward else '-'}epsilon"
+                break
+            current, cur_score = new, s
+            if fits_cap(current):
+                best = (current, cur_score)
+        else:  # official: always move; any improvement is a new best; stop on a drop of more than ε below best
+            improved = fits_cap(new) and (best is None or s > best[1])
+            path.append(GreedyStep(len(path), current, scores, chosen, new, s, gain, True, improved))
+            current, cur_score = new, s
+            if improved:
+                best = (new, s)
+            elif best is not None and s < best[1] - epsilon:
+                reason = f"score {s:.4f} fell more than epsilon below the best {best[1]:.4f}"
+                break
+    assert best is not None  # backward always reaches the cap; forward starts within it
+    return best[0], best[1], path, start_score, reason
+
+
+def cv_folds_of(task: Task, folds: int, *, seed: int) -> tuple[Split, list[tuple[Task, dict[str, torch.Tensor]]]]:
+    """Stratified k-fold tasks over train+val merged (never test), each with its rows in the merged split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    merged = Split(_concat(task.train.inputs, task.val.inputs), torch.cat([task.train.targets, task.val.targets]),
+                   name="all")
+    y = merged.targets.numpy()
+    counts = np.bincount(y, minlength=task.num_classes)
+    if counts[counts > 0].min() < folds:
+        raise DataError(f"cv_folds={folds} needs at least {folds} examples of every class in train+val; the rarest "
+                        f"class has {int(counts[counts > 0].min())}. Use fewer folds or collect more examples.")
+    out = []
+    for tr, va in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        rows = {"train": torch.as_tensor(np.sort(tr)), "val": torch.as_tensor(np.sort(va))}
+        fold = Task(train=merged.subset(rows["train"], name="train"), val=merged.subset(rows["val"], name="val"),
+                    num_classes=task.num_classes, test=None, kind=task.kind, train_transform=task.train_transform,
+                    meta=dict(task.meta))
+        out.append((fold, rows))
+    return merged, out
+
+
+class _FoldCache(ActivationCache):
+    """One fold's view of a cache over train+val merged: its "train"/"val" rows are rows of the merged split.
+
+    It holds no storage and skips ``ActivationCache.__init__``: the split-dependent methods re-index ``base``;
+    everything else (verdicts, stand-in, views, budget) is read from ``base``.
+    """
+
+    def __init__(self, base: ActivationCache, rows: dict[str, torch.Tensor], *, augmented: bool) -> None:
+        self.base = base
+        self._map = {k: v for k, v in rows.items() if not (augmented and k == "train")}
+
+    def __getattr__(self, name: str):
+        if name in ("base", "_map"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def has(self, split: str, boundary: int) -> bool:
+        return split in self._map and self.base.has("all", boundary)
+
+    def rows(self, split: str) -> int:
+        return len(self._map[split])
+
+    def ensure(self, boundaries, splits=None) -> list[int]:
+        names = list(splits or self._map)
+        got = self.base.ensure(boundaries, ["all"])
+        return [b for b in got if all(n in self._map for n in names)]
+
+    def batch(self, split: str, boundary: int, index: torch.Tensor):
+        return self.base.batch("all", boundary, self._map[split][index])
+
+    def run(self, model: nn.Module, split: str, boundary: int, rows: torch.Tensor):
+        return self.base.run(model, "all", boundary, self._map[split][rows])
+
+
+def _move(current: Subset, block: int, forward: bool) -> Subset:
+    return tuple(sorted({*current, block})) if forward else tuple(b for b in current if b != block)
+
+
+def _concat(a, b):
+    if isinstance(a, dict):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])
+
+
+def _check_args(*, direction, epsilon, max_blocks, stopping, cv_folds, epochs, lr, batch_size, seed) -> None:
+    """Validate greedy's options before any work."""
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"The 'direction' parameter of greedy must be one of {DIRECTIONS}; "
+                          f"got {direction!r} instead.")
+    if stopping not in STOPPINGS:
+        raise ConfigError(f"The 'stopping' parameter of greedy must be one of {STOPPINGS}; got {stopping!r} instead.")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
+        raise ConfigError(f"The 'epsilon' parameter of greedy must be a number >= 0; got {epsilon!r} instead.")
+    if max_blocks is not None:
+        check_positive("max_blocks", max_blocks, "greedy", integer=True)
+    if cv_folds is not None and (isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 2):
+        raise ConfigError(f"The 'cv_folds' parameter of greedy must be None or an int >= 2; got {cv_folds!r} instead.")
+    check_positive("epochs", epochs, "greedy", integer=True)
+    check_positive("lr", lr, "greedy")
+    check_positive("batch_size", batch_size, "greedy", integer=True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"The 'seed' parameter of greedy must be an int; got {seed!r} instead.")
+

@@ -1,0 +1,272 @@
+"""Fit one selection: a fresh head, the selected blocks trainable, AdamW + cosine, per-epoch validation.
+
+Everything before the first selected block is frozen and in eval mode, so its output is computed once per
+example (the prefix cache) and every epoch runs only from that block on. Profiles and searches call
+``fit`` many times; they pass one shared ``ActivationCache`` so the prefix is never computed twice.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..model.blocks import Partition, discover_blocks
+from .cache import ActivationCache, MemoryBudget, batch_ranges
+from .checkpoint import CheckpointHook, FitState, capture, restore
+from ..data.task import Inputs, Split, Task, take
+from ..errors import ConfigError, DataError, check_positive
+from ..model.heads import replace_head
+from ..model.splitting import eval_mode
+from ..model.subtune import FULL, Selection, first_boundary, freeze, normalize_selection, param_groups, set_modes
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, float], None]
+
+
+@dataclass
+class FitResult:
+    """What one training run produced. ``score`` is the last epoch's validation accuracy.
+
+    ``wall_time`` covers everything (copy, cache fill, evaluation); ``examples_per_s`` only the training steps.
+    """
+
+    selection: Selection
+    score: float
+    curve: list[float]
+    train_loss: list[float]
+    wall_time: float
+    examples_per_s: float
+    trainable_params: int
+    epochs: int
+    hparams: dict = field(default_factory=dict)
+    cached: bool = False
+    model: nn.Module | None = field(default=None, repr=False)
+    resumed_from: int = 0
+
+    @property
+    def best_score(self) -> float:
+        return max(self.curve) if self.curve else float("nan")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_task(model: nn.Module, task: Task) -> None:
+    """Reject a task the model cannot take, before any training: one forward on two training examples."""
+    if len(task.train) == 0 or len(task.val) == 0:
+        raise DataError("The task has an empty train or validation split; give at least one example per class to each.")
+    if task.num_classes < 2:
+        raise DataError(f"A classification task needs at least 2 classes; got num_classes={task.num_classes}.")
+    probe = take(task.train.inputs, slice(0, min(2, len(task.train))))
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(_to_device(probe, next(model.parameters()).device))
+    except Exception as exc:
+        shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else {k: tuple(v.shape[1:]) for k, v in probe.items()}
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        hint = f" The model expects input_size {tuple(cfg['input_size'])}." if "input_size" in cfg else ""
+        raise DataError(
+            f"The model could not take inputs of shape {shape}: {type(exc).__name__}: {exc}.{hint} "
+            "Prepare images with autosub.data.prepare_images(x, image_size=..., channels=3, mean=..., std=...) "
+            "or load a dataset with autosub.datasets.<name>(model=model)."
+        ) from exc
+
+
+def validate_hparams(*, epochs: int, lr: float, batch_size: int, weight_decay: float) -> None:
+    """scikit-learn-style errors for the training hyperparameters."""
+    check_positive("epochs", epochs, "fit", integer=True)
+    check_positive("lr", lr, "fit")
+    check_positive("batch_size", batch_size, "fit", integer=True)
+    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ConfigError(f"The 'weight_decay' parameter of fit must be a number >= 0; got {weight_decay!r} instead.")
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    selection: Selection | list[int] | int | None = (),
+    *,
+    partition: Partition | None = None,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    lr_multipliers: Mapping[int, float] | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    cache: bool | str | ActivationCache = "auto",
+    cache_views: int | None = None,
+    budget: MemoryBudget | None = None,
+    callback: EpochCallback | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: FitState | None = None,
+    keep_model: bool = True,
+    progress: bool = False,
+) -> FitResult:
+    """SubTune ``selection`` of ``model`` on ``task``; the caller's model is never modified (a copy trains).
+
+    ``checkpoint(state)`` is called after every epoch with the run's :class:`~autosub.checkpoint.FitState`;
+    ``resume=state`` continues such a run (same arguments) after ``state.epoch`` epochs, as if never stopped.
+    """
+    validate_hparams(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    amp = dev.type == "cuda" if amp is None else amp
+    shared = cache if isinstance(cache, ActivationCache) else None
+    if shared is not None and shared.device != dev:
+        raise ConfigError(f"The cache holds activations for device {shared.device} but fit runs on {dev}; build the "
+                          f"ActivationCache with device={str(dev)!r} or pass device={str(shared.device)!r} to fit.")
+    work = replace_head(copy.deepcopy(model), task.num_classes, seed=seed).to(dev)
+    if partition is None or type(work) is not type(model):
+        partition = discover_blocks(work)
+    sel = normalize_selection(selection, partition)
+    if shared is None:
+        check_task(work, task)
+    n_trainable = freeze(work, sel, partition)
+    set_modes(work, sel, partition)
+    if dev.type == "cuda" and task.kind == "image":
+        work = work.to(memory_format=torch.channels_last)
+
+    boundary = first_boundary(sel, partition)
+    augmented = task.train_transform is not None
+    cached_splits: set[str] = set()
+    if boundary is not None and cache is not False and cache != "off":
+        if shared is None:
+            views = cache_views or 1
+            shared = ActivationCache(
+                work, partition, {"train": task.train, "val": task.val}, device=dev, batch_size=max(64, batch_size),
+                budget=budget, views=views, transform=task.train_transform if cache_views else None, progress=progress,
+            )
+        want = ["val"] + (["train"] if (not augmented or shared.views > 1 or cache_views) else [])
+        for name in want:
+            if boundary in shared.ensure([boundary], [name]):
+                cached_splits.add(name)
+
+    groups = param_groups(work, sel, partition, lr=lr, weight_decay=weight_decay, lr_multipliers=lr_multipliers)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    n = len(task.train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, epochs * steps_per_epoch) / (epochs * steps_per_epoch)))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    curve, losses = [], []
+    seen, step_time = 0, 0.0
+    if resume is not None:
+        restore(resume, work, optimizer, scheduler, gen, epochs=epochs)
+        curve, losses, seen, step_time = list(resume.curve), list(resume.train_loss), resume.seen, resume.step_time
+    done = resume.epoch if resume is not None else 0
+    bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=f"fit {_label(sel)}",
+               disable=not progress, leave=False)
+    for epoch in range(done, epochs):
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        epoch_start = time.perf_counter()
+        for s in range(0, n, batch_size):
+            idx = perm[s : s + batch_size]
+            y = task.train.targets[idx].to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                if "train" in cached_splits:
+                    rows = idx
+                    if shared.views > 1:
+                        rows = idx + n * torch.randint(shared.views, (len(idx),), generator=gen)
+                    out = shared.run(work, "train", boundary, rows)
+                else:
+                    x = take(task.train.inputs, idx)
+                    if augmented:
+                        x = task.train_transform(x)
+                    out = work(_to_device(x, dev, channels_last=dev.type == "cuda"))
+                loss = loss_fn(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.update(1)
+        step_time += time.perf_counter() - epoch_start
+        seen += count
+        losses.append(total / count)
+        score = evaluate(work, task.val, cache=shared if "val" in cached_splits else None, boundary=boundary,
+                         partition=partition, device=dev, amp=amp, cache_key="val")
+        curve.append(score)
+        set_modes(work, sel, partition)
+        bar.set_postfix(val=f"{score:.3f}")
+        if callback is not None:
+            callback(epoch, score)
+        if checkpoint is not None:
+            checkpoint(capture(work, optimizer, scheduler, gen, epoch=epoch + 1, curve=curve, train_loss=losses,
+                               seen=seen, step_time=step_time))
+    bar.close()
+    return FitResult(
+        selection=sel,
+        score=curve[-1],
+        curve=curve,
+        train_loss=losses,
+        wall_time=time.perf_counter() - start,
+        examples_per_s=seen / max(step_time, 1e-9),
+        trainable_params=n_trainable,
+        epochs=epochs,
+        hparams={"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "epochs": epochs,
+                 "lr_multipliers": dict(lr_multipliers or {}), "seed": seed},
+        cached="train" in cached_splits,
+        model=work.eval() if keep_model else None,
+        resumed_from=done,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    *,
+    cache: ActivationCache | None = None,
+    boundary: int | None = None,
+    partition: Partition | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    amp: bool = False,
+    cache_key: str | None = None,
+) -> float:
+    """Accuracy of ``model`` on ``split``; from the prefix cache when one covers (``split``, ``boundary``)."""
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    name = cache_key or split.name
+    use_cache = cache is not None and boundary is not None and cache.has(name, boundary)
+    correct = 0
+    with eval_mode(model), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        for start, stop in batch_ranges(len(split), batch_size):
+            idx = torch.arange(start, stop)
+            if use_cache:
+                out = cache.run(model, name, boundary, idx)
+            else:
+                out = model(_to_device(take(split.inputs, idx), dev, channels_last=dev.type == "cuda"))
+            correct += (out.argmax(-1).cpu() == split.targets[idx]).sum().item()
+    return correct / max(1, len(split))
+
+
+def _label(sel: Selection) -> str:
+    return "full" if sel == FULL else ("probe" if not sel else "blocks " + ",".join(map(str, sel)))
+
+
+def _to_device(x: Inputs, dev: torch.device, *, channels_last: bool = False) -> Inputs:
+    if isinstance(x, Mapping):
+        return {k: v.to(dev, non_blocking=True) for k, v in x.items()}
+    x = x.to(dev, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
