@@ -4,6 +4,12 @@ Messages follow one rule: say what was wrong, what was got, and how to fix it.
 """
 from __future__ import annotations
 
+import math
+
+
+__all__ = ["AutoSubError", "BlockDiscoveryError", "ConfigError", "DataError", "MissingDependencyError",
+           "SearchAborted", "SelectionError", "TrialFailed", "WeightsError", "check_positive"]
+
 
 class AutoSubError(Exception):
     """Base class of every error autosub raises on purpose."""
@@ -13,16 +19,16 @@ class BlockDiscoveryError(AutoSubError, ValueError):
     """The model's blocks could not be found or the user's ``blocks=`` override is wrong."""
 
 
-class SelectionError(AutoSubError, ValueError):
-    """A selection names a block that does not exist or is malformed."""
-
-
 class DataError(AutoSubError, ValueError):
     """The dataset is empty, mislabelled, mis-shaped, or does not fit the model."""
 
 
 class ConfigError(AutoSubError, ValueError):
     """A hyperparameter, budget or option has an invalid value."""
+
+
+class SelectionError(ConfigError):
+    """A selection (or a list of candidate blocks) names a block that does not exist or is malformed."""
 
 
 class WeightsError(AutoSubError, ValueError):
@@ -43,8 +49,8 @@ class SearchAborted(AutoSubError, RuntimeError):
 
 def check_positive(name: str, value: float, owner: str, *, integer: bool = False) -> None:
     """Raise ConfigError in scikit-learn's style unless ``value`` is a positive number (an int if ``integer``)."""
-    kind = "int" if integer else "number"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    kind = "int" if integer else "finite number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
     if integer and ok and not float(value).is_integer():
         ok = False
     if not ok or value != value:  # NaN

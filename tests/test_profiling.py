@@ -180,7 +180,8 @@ def test_halving_schedule():
 
 @pytest.mark.parametrize("kw", [dict(seeds=0), dict(epochs=0), dict(fidelity="fast"), dict(eta=1),
                                 dict(fidelity="halving", min_epochs=5, epochs=2), dict(pairs=1), dict(pairs=9),
-                                dict(blocks=[0, 9]), dict(blocks=[]), dict(lr=-1.0), dict(seed=1.5)])
+                                dict(candidates=[0, 9]), dict(candidates=[]), dict(blocks=[0, 9]),  # 0.1 spelling
+                                dict(candidates=[1.5]), dict(lr=-1.0), dict(lr=float("inf")), dict(seed=1.5)])
 def test_bad_arguments_fail_before_any_work(oracle, kw):
     model, task = oracle
     spy = Task(SpySplit(), SpySplit(), 10)  # any training would read these

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch
 
-import autosub.training.trainer
+import autosub.hpo.searching
 from autosub.data.task import Split, Task
 from autosub.hpo.engines import Job, TrialOutcome
 from autosub.hpo.engines.optuna import OptunaEngine, open_storage
@@ -100,14 +100,14 @@ def test_a_budget_too_small_for_the_profile_searches_without_a_prior(model, task
 
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(model, task, tmp_path, monkeypatch):
-    real = autosub.training.trainer.fit
+    real = autosub.hpo.searching.fit
 
     def flaky(m, t, selection, **kw):
         if 3 in selection:
             raise RuntimeError("boom in block 3")
         return real(m, t, selection, **kw)
 
-    monkeypatch.setattr(autosub.training.trainer, "fit", flaky)
+    monkeypatch.setattr(autosub.hpo.searching, "fit", flaky)  # the trainer the search's trials call
     res = search(model, task, 6, run_dir=tmp_path, selector="greedy", space=SearchSpace(max_blocks=1), **fast())
     failed = res.trials[res.trials.state == "FAIL"]
     assert len(failed) == 1 and "boom in block 3" in failed.fail_reason.iloc[0]
@@ -242,7 +242,7 @@ def test_interrupted_trial_is_requeued_for_resume(tmp_path):
     ({"storage": "not a url"}, ConfigError, "'storage'"),
 ])
 def test_bad_arguments_fail_before_any_work(model, task, tmp_path, monkeypatch, kwargs, error, match):
-    monkeypatch.setattr(autosub.training.trainer, "fit", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    monkeypatch.setattr(autosub.hpo.searching, "fit", lambda *a, **k: pytest.fail("trained despite a bad argument"))
     args = {"budget": 3, "run_dir": tmp_path, **kwargs}
     budget = args.pop("budget")
     with pytest.raises(error, match=match):

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+__all__ = ["build_parser", "main"]
+
 
 def _demo(args: argparse.Namespace) -> int:
     """autosub's main job on shipped data: EfficientNet-Lite0 (ImageNet weights) → MNIST in low data.
@@ -22,6 +24,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..model.blocks import discover_blocks
     from ..hpo.searching import search
     from ..hpo.budget import Budget
+    from ..hpo.config import RunConfig, TrainingConfig
     from ..training.trainer import evaluate, fit
 
     torch.manual_seed(args.seed)
@@ -41,7 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     run_dir = Path(args.run_dir) if args.run_dir else Path("autosub-runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     result = search(model, task, Budget(trials=args.trials), epochs=args.epochs, seed=args.seed,
-                    batch_size=args.batch_size, run_dir=run_dir)
+                    training=TrainingConfig(batch_size=args.batch_size), run=RunConfig(run_dir=run_dir))
     best = next(r for r in result.records if r.number == result.best_trial)
     rows.append((f"autosub.search: blocks {', '.join(map(str, result.selection))}",
                  int(best.user_attrs.get("trainable_params", 0)), result.score, result.test_score,

@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 from .task import Inputs, Split, Task, check_image_size, prepare_images
 from ..errors import ConfigError, DataError, check_positive
 
+__all__ = ["as_task"]
+
 _LOG = logging.getLogger(__name__)
 _PROGRESS_ABOVE = 2000  # show a tqdm bar when materializing more examples than this
 _LABEL_FIX = "map labels to 0..C-1, e.g. with sklearn LabelEncoder"

@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 
+__all__ = ["Inputs", "Split", "Task", "check_image_size", "concat_splits", "prepare_images", "take", "to_device"]
+
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
@@ -47,6 +49,23 @@ def take(inputs: Inputs, index) -> Inputs:
     if isinstance(inputs, Mapping):
         return {k: v[index] for k, v in inputs.items()}
     return inputs[index]
+
+
+def to_device(inputs: Inputs, device: torch.device, *, channels_last: bool = False) -> Inputs:
+    """Move a batch (a tensor or a dict of tensors) to ``device``; 4-D images optionally as channels-last."""
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    x = inputs.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def concat_splits(first: "Split", second: "Split", *, name: str) -> "Split":
+    """One split holding ``first``'s examples then ``second``'s (train ∪ val for retraining or cross-validation)."""
+    a, b = first.inputs, second.inputs
+    inputs = {k: torch.cat([a[k], b[k]]) for k in a} if isinstance(a, Mapping) else torch.cat([a, b])
+    return Split(inputs, torch.cat([first.targets, second.targets]), name=name)
 
 
 @dataclass

@@ -7,7 +7,6 @@ BatchNorm buffers included) and ``trials.csv``; ``load(dir)`` + ``to_model(base_
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -18,8 +17,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .._io import dumps
 from .._version import __version__
 from ..errors import ConfigError, WeightsError
+
+__all__ = ["SearchResult", "TrialRecord", "pareto_front", "trials_frame", "trunk_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ class SearchResult:
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / ARTIFACT_JSON).write_text(json.dumps(self.to_dict(), sort_keys=True, indent=2, default=_jsonable) + "\n")
+        (out / ARTIFACT_JSON).write_text(dumps(self.to_dict()) + "\n")
         if self.state:
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
             save_file(tensors, str(out / ARTIFACT_TENSORS), metadata={
@@ -190,17 +192,17 @@ class SearchResult:
                 raise ConfigError("This result holds no model (it was loaded from disk); pass the pretrained "
                                   "base model: result.to_model(base_model).")
             return self.model
-        from ..model.blocks import discover_blocks
-        from ..model.heads import replace_head
+        from ..training.setup import resolve_blocks, with_head
 
         if not self.state:
             raise WeightsError("This result has no tuned tensors to apply.")
+        model = with_head(base_model, int(self.config["num_classes"]), seed=0)
+        partition = resolve_blocks(model, self.config.get("blocks"))
         want = self.config.get("trunk_fingerprint")
-        got = trunk_fingerprint(base_model, discover_blocks(base_model))
-        if want and got != want:
-            raise WeightsError(f"The base model's frozen trunk (fingerprint {got[:12]}) is not the one this result "
-                               f"was tuned from ({want[:12]}); pass the same pretrained model.")
-        model = replace_head(copy.deepcopy(base_model), int(self.config["num_classes"]), seed=0)
+        if want and want not in (trunk_fingerprint(model, partition), _legacy_fingerprint(base_model)):
+            raise WeightsError(f"The base model's frozen trunk (fingerprint {trunk_fingerprint(model, partition)[:12]}) "
+                               f"is not the one this result was tuned from ({want[:12]}); pass the same pretrained "
+                               "model.")
         current = model.state_dict()
         missing = [k for k in self.state if k not in current or current[k].shape != self.state[k].shape]
         if missing:
@@ -212,22 +214,12 @@ class SearchResult:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def tuned_state(model: nn.Module, selection: Sequence[int], partition: Any) -> dict[str, torch.Tensor]:
-    """The tensors SubTuning changed: parameters of the selected blocks and the head, plus their buffers."""
-    names = set(partition.head)
-    modules = [m for i in selection for m in partition[i].modules]
-    if partition.head_module:
-        modules.append(partition.head_module)
-    for i in selection:
-        names.update(partition[i].param_names)
-    out = {k: v.detach().cpu().clone() for k, v in model.named_parameters() if k in names}
-    out.update({k: v.detach().cpu().clone() for k, v in model.named_buffers()
-                if any(k.startswith(m + ".") for m in modules)})
-    return out
-
-
 def trunk_fingerprint(model: nn.Module, partition: Any) -> str:
-    """sha256 over the names, shapes and values of every tensor outside the head: identifies the frozen trunk."""
+    """sha256 over the names, shapes and values of every tensor outside the head: identifies the frozen trunk.
+
+    Computed on the working copy (the model with autosub's fresh head, see ``autosub.training.setup.with_head``),
+    so a wrapped text encoder and a user's ``blocks=`` override fingerprint the same way at search and at load time.
+    """
     head = set(partition.head)
     prefix = (partition.head_module + ".") if partition.head_module else None
     h = hashlib.sha256()
@@ -239,9 +231,11 @@ def trunk_fingerprint(model: nn.Module, partition: Any) -> str:
     return h.hexdigest()
 
 
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
-    if isinstance(x, (tuple, set)):
-        return list(x)
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+def _legacy_fingerprint(base_model: nn.Module) -> str | None:
+    """autosub 0.1 fingerprinted the caller's model with its discovered head; accepted on load for one release."""
+    from ..model.blocks import discover_blocks
+
+    try:
+        return trunk_fingerprint(base_model, discover_blocks(base_model))
+    except Exception:  # the base model has no discoverable blocks: no 0.1 result can come from it
+        return None

@@ -1,11 +1,14 @@
-"""``autosub.search(model, dataset, budget)``: prior → engine → SearchResult, in one call.
+"""``autosub.search(model, dataset, budget)``: validate → set up → prior → run → finish, in one call.
 
-Flow: validate every argument and open the storage (fail fast) → one head-replaced copy of the model, its
-blocks and FLOP profile → ONE prefix cache filled at every block boundary in one pass (every trial reuses it)
-→ the cost of one full-finetune epoch, measured (the unit of ``Budget.compute``) → the prior (a profile run
-inside the budget, or the one passed) → the engine runs the selector's proposals → the best trial's model
-(optionally retrained on train+val) → the test score, computed once, at the very end. Nothing before that
-last step can see ``task.test``: every fit gets a view of the task without it.
+* **validate** every argument (no work, nothing on disk);
+* **set up** through the one setup path (:mod:`autosub.training.setup`): the data checked against the model, the
+  working copy, its blocks (or the user's ``blocks=``), then the storage opened and ONE prefix cache filled at every
+  block boundary in one pass (every trial reuses it), and the cost of one full-finetune epoch measured (the unit of
+  ``Budget.compute``);
+* **prior**: a one-epoch profile of every block inside the budget, or the one passed;
+* **run**: the engine (Optuna in process, or Ray Tune) runs the selector's proposals;
+* **finish**: the best trial's model (optionally retrained on train+val), then the test score — computed once, at the
+  very end. Nothing before that last step can see ``task.test``: every fit gets a view of the task without it.
 """
 from __future__ import annotations
 
@@ -13,27 +16,38 @@ import copy
 import logging
 import math
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..model.blocks import discover_blocks
-from ..data.task import Split, Task, take
 from ..data.sources import as_task
-from .engines import Job, TrialOutcome, check_backend, get_engine
+from ..data.task import Task, concat_splits, take, to_device
 from ..errors import ConfigError, check_positive
-from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint, tuned_state
-from .selectors import BaseSelector, Prior, SelectorContext, get_selector
+from ..model.cost import try_count_flops
+from ..model.subtune import tuned_tensors
+from ..selection.profiling import profile as run_profile
+from ..training.cache import ActivationCache
+from ..training.setup import BlocksSpec, Setup, blocks_spec, prepare, with_head
+from ..training.trainer import evaluate, fit
 from .budget import Budget, Meter
-from .space import Candidate, SearchSpace
+from .config import RunConfig, TrainingConfig, as_config
+from .engines import EngineRun, Job, TrialOutcome, check_backend, get_engine
+from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint
+from .selectors import BaseSelector, Prior, SelectorContext, get_selector
+from .space import BoundSpace, Candidate, SearchSpace
+
+__all__ = ["OBJECTIVES", "measure_epoch_seconds", "search"]
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("score", "cost", "params")
-FIT_KWARGS = ("batch_size", "amp", "memory")
+_LEGACY_TRAINING = ("batch_size", "device", "amp", "memory", "retrain")
+_LEGACY_RUN = ("run_dir", "storage", "study_name", "callbacks", "progress")
+_LEGACY_RAY = ("resources_per_trial", "address", "max_failures")
 
 
 def search(
@@ -43,51 +57,98 @@ def search(
     *,
     selector: str | BaseSelector = "tpe",
     space: str | SearchSpace = "subset",
-    backend: str = "optuna",
     prior: Any = "profile",
     objectives: Sequence[str] = ("score",),
     pruner: Any = "auto",
-    storage: Any = None,
-    study_name: str = "autosub",
-    resume: bool = False,
-    run_dir: str | Path | None = None,
-    retrain: bool = False,
-    seed: int = 0,
+    blocks: BlocksSpec = None,
     epochs: int = 3,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    callbacks: Sequence[Callable[[TrialRecord, Any], None]] = (),
-    resources_per_trial: dict[str, float] | None = None,
-    address: str | None = None,
-    max_failures: int | None = None,
-    **fit_kwargs: Any,
+    backend: Any = "optuna",
+    training: TrainingConfig | dict | None = None,
+    run: RunConfig | dict | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    **legacy: Any,
 ) -> SearchResult:
-    """Search which blocks of ``model`` to finetune (and with which learning rate) on ``dataset`` within ``budget``.
+    """Search which blocks of ``model`` to finetune, with which learning rate, on ``dataset`` within ``budget``.
 
-    ``budget``: an int (trials) or a :class:`~autosub.space.Budget` (trials / seconds / compute in full-FT epochs).
-    ``prior``: ``"profile"`` (a one-epoch profile of every block, inside the budget), a Profile, ``{block: score}``
-    or None.
-    ``objectives``: ``("score",)`` or e.g. ``("score", "cost")`` / ``("score", "params")`` for a Pareto front.
-    ``storage``: None → ``sqlite:///<run_dir>/study.db``; any Optuna URL; a journal file path; ``resume=True``
-    continues the study named ``study_name``. ``fit_kwargs``: ``batch_size``, ``amp``, ``memory`` (a MemoryBudget
-    for the prefix cache). ``callbacks`` are called as ``cb(record, model_or_None)`` after each trial, outside
-    the budget's clock. ``backend="ray"`` only: ``resources_per_trial`` (e.g. ``{"cpu": 1, "gpu": 0.25}``),
-    ``address`` (None, ``"auto"``, ``"ray://host:port"``) and ``max_failures`` (retries of a trial whose worker
-    died, from its last epoch checkpoint; default 2) — see :mod:`autosub.engines.ray`.
+    Args:
+        model: the pretrained network (never modified; every trial trains a copy with a fresh head).
+        dataset: an :class:`autosub.Task`, or anything :func:`autosub.as_task` takes (``(X, y)``, a torch Dataset,
+            an ImageFolder path, …).
+        budget: an int (trials), a :class:`~autosub.Budget` (trials / seconds / compute in full-FT epochs, the first
+            reached stops the search) or a dict of Budget fields. On ``resume`` the budget counts this call only.
+        selector: what to try next: ``"tpe"`` (default: TPE with the profile prior), ``"random"``, ``"greedy"``,
+            ``"profile-top-k"``, ``"nsga2"`` or a :class:`~autosub.hpo.selectors.BaseSelector`.
+        space: ``"subset"`` (one boolean per block), ``"consecutive"``, ``"single"`` or a
+            :class:`~autosub.SearchSpace` (block count, lr / weight-decay ranges, parameter and cost constraints).
+        prior: ``"profile"`` (a one-epoch profile of every block, inside the budget), a Profile, ``{block: score}``
+            or None.
+        objectives: ``("score",)``, or add ``"cost"`` (added inference cost) and/or ``"params"`` (trainable
+            parameters) for a Pareto front.
+        pruner: ``"auto"`` (Hyperband over epochs), ``"hyperband"``, ``"halving"``, None, or any Optuna pruner.
+        blocks: the block override (a regex or module names, see :func:`autosub.discover_blocks`) or a Partition.
+        epochs: epochs per trial (the fidelity the pruner cuts).
+        backend: ``"optuna"`` (in process), ``"ray"``, or a backend options object (``autosub.RayBackend(...)``).
+        training: a :class:`~autosub.hpo.config.TrainingConfig` or dict: batch size, device, amp, cache memory,
+            retraining on train+val.
+        run: a :class:`~autosub.hpo.config.RunConfig` or dict: run_dir, storage, study_name, callbacks, progress.
+        resume: continue the study named ``run.study_name`` in ``run.storage`` / ``run.run_dir``.
+        seed: seeds heads, data order and samplers: the same seed on the same CPU gives the same selection.
+        **legacy: the 0.1 keyword names (``run_dir=``, ``storage=``, ``batch_size=``, ``resources_per_trial=``, …)
+            still work for one release, with a DeprecationWarning; they map onto ``training``/``run``/``backend``.
+
+    Returns:
+        A :class:`~autosub.SearchResult`: the selection, hyperparameters, validation and test score, the tuned
+        model, every trial, the Pareto front and what was spent.
     """
-    from ..selection.profiling import profile as run_profile, selection_view
-    from ..training.trainer import check_task, fit, resolve_device
+    plan = _validate(budget, selector=selector, space=space, prior=prior, objectives=objectives, pruner=pruner,
+                     epochs=epochs, backend=backend, training=training, run=run, resume=resume, seed=seed,
+                     legacy=legacy)
+    task = as_task(dataset)
+    state = _set_up(plan, model, task, blocks)
+    the_prior = _prior(plan, state, prior)
+    engine_run = _run(plan, state, the_prior)
+    return _finish(plan, state, the_prior, engine_run, task)
 
-    # ---- 1. validate everything, open the storage: no work yet -------------------------------------------
-    budget = Budget.of(budget)
-    sel = get_selector(selector)
-    spec = SearchSpace.of(space)
+
+# ------------------------------------------------------------------------------------------------- validate
+@dataclass
+class _Plan:
+    """Every validated argument of one search call."""
+
+    budget: Budget
+    selector: BaseSelector
+    spec: SearchSpace
+    objectives: tuple[str, ...]
+    pruner: Any
+    epochs: int
+    seed: int
+    backend: str
+    backend_options: dict[str, Any]
+    training: TrainingConfig
+    run: RunConfig
+    run_path: Path
+    resume: bool
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
+
+
+def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives: Any, pruner: Any, epochs: Any,
+              backend: Any, training: Any, run: Any, resume: Any, seed: Any, legacy: dict[str, Any]) -> _Plan:
+    """Check every argument before any work; map the 0.1 keyword names onto the option groups."""
+    training, run, ray_opts = _legacy_options(legacy, as_config(training, TrainingConfig, "training"),
+                                              as_config(run, RunConfig, "run"))
+    sel, spec = get_selector(selector), SearchSpace.of(space)
     if spec.kind not in sel.kinds:
         raise ConfigError(f"The {sel.name!r} selector works on the {list(sel.kinds)} space(s); got space={spec.kind!r}.")
-    backend = check_backend(backend)
-    objectives = _check_objectives(objectives)
-    multi = len(objectives) > 1
-    if multi and pruner not in ("auto", None, "none"):
+    objs = _check_objectives(objectives)
+    if len(objs) > 1 and pruner not in ("auto", None, "none"):
         raise ConfigError("Optuna cannot prune multi-objective trials; leave pruner='auto' (off) or pass None.")
     if not (pruner in ("auto", "none", "hyperband", "halving", None) or hasattr(pruner, "prune")):
         raise ConfigError(f"The 'pruner' parameter of search must be 'auto', None or an optuna pruner; got {pruner!r}.")
@@ -99,135 +160,88 @@ def search(
     check_positive("epochs", epochs, "search", integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"The 'seed' parameter of search must be an int; got {seed!r} instead.")
-    unknown = set(fit_kwargs) - set(FIT_KWARGS)
-    if unknown:
-        raise ConfigError(f"Unknown keyword argument(s) {sorted(unknown)} for search; it accepts {list(FIT_KWARGS)} "
-                          "besides its own. Put lr / weight_decay ranges and constraints in SearchSpace(...).")
-    batch_size = fit_kwargs.get("batch_size", 32)
-    check_positive("batch_size", batch_size, "search", integer=True)
-    if not isinstance(study_name, str) or not study_name:
-        raise ConfigError(f"The 'study_name' parameter of search must be a non-empty str; got {study_name!r}.")
-    run_path = Path(run_dir) if run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
-    directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
-    ray_opts = {k: v for k, v in (("resources_per_trial", resources_per_trial), ("address", address),
-                                  ("max_failures", max_failures)) if v is not None}
-    if ray_opts and backend != "ray":
-        raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={backend!r}.")
-    engine = get_engine(backend)(storage=storage, study_name=study_name, run_dir=run_path, resume=resume,
-                                 directions=directions, seed=seed, **ray_opts)
-    task = as_task(dataset)
-    view = selection_view(task)  # the only task the search ever sees: no test split
+    if not isinstance(resume, bool):
+        raise ConfigError(f"The 'resume' parameter of search must be a bool; got {resume!r} instead.")
+    name = check_backend(backend)
+    if ray_opts and name != "ray":
+        raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={name!r}.")
+    run_path = Path(run.run_dir) if run.run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
+    return _Plan(budget=Budget.of(budget), selector=sel, spec=spec, objectives=objs, pruner=pruner, epochs=int(epochs),
+                 seed=seed, backend=name, backend_options=ray_opts, training=training, run=run, run_path=run_path,
+                 resume=resume)
 
-    # ---- 2. one model copy, blocks, FLOPs, one shared prefix cache ---------------------------------------
-    meter = Meter(budget.epoch_seconds)
-    dev = resolve_device(device)
-    amp = fit_kwargs.get("amp")
-    work = _with_head(model, task.num_classes, seed, dev)
-    partition = discover_blocks(work)
-    check_task(work, view)
-    fork_share = _fork_share(work, partition, view, dev, required=multi and "cost" in objectives or
-                             spec.max_added_cost is not None)
-    head_params = sum(p.numel() for n, p in work.named_parameters() if n in set(partition.head))
-    bound = spec.bind([b.num_params for b in partition], head_params=head_params, fork_share=fork_share)
-    state = engine.load_state()
-    if state and (state.get("space", {}).get("kind") != spec.kind or state.get("n_blocks") != len(partition)):
-        raise ConfigError(f"The study {study_name!r} was run on a {state.get('space', {}).get('kind')!r} space over "
-                          f"{state.get('n_blocks')} blocks; resume it with the same model and space.")
+
+def _legacy_options(legacy: dict[str, Any], training: TrainingConfig,
+                    run: RunConfig) -> tuple[TrainingConfig, RunConfig, dict[str, Any]]:
+    """0.1 keyword arguments → the option groups, with a DeprecationWarning; unknown names are refused."""
+    unknown = sorted(set(legacy) - {*_LEGACY_TRAINING, *_LEGACY_RUN, *_LEGACY_RAY})
+    if unknown:
+        raise ConfigError(f"search() got unknown keyword argument(s) {unknown}. Training options go in "
+                          f"training=TrainingConfig({', '.join(_LEGACY_TRAINING)}), run options in "
+                          f"run=RunConfig({', '.join(_LEGACY_RUN)}); lr / weight_decay ranges and constraints in "
+                          "space=SearchSpace(...).")
+    if legacy:
+        warnings.warn(f"search({', '.join(f'{k}=' for k in sorted(legacy))}) is deprecated: pass "
+                      "training=TrainingConfig(...), run=RunConfig(...) or backend=RayBackend(...) (removed in 0.3).",
+                      DeprecationWarning, stacklevel=3)
+    training = replace(training, **{k: legacy[k] for k in _LEGACY_TRAINING if k in legacy})
+    run = replace(run, **{k: legacy[k] for k in _LEGACY_RUN if k in legacy})
+    return training, run, {k: legacy[k] for k in _LEGACY_RAY if k in legacy and legacy[k] is not None}
+
+
+def _check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+    objs = (objectives,) if isinstance(objectives, str) else tuple(objectives)
+    if not objs or objs[0] != "score" or len(set(objs)) != len(objs) or any(o not in OBJECTIVES for o in objs):
+        raise ConfigError(f"The 'objectives' parameter of search must start with 'score' and may add 'cost' "
+                          f"(added inference cost) and/or 'params' (trainable parameters); got {objectives!r} instead.")
+    return objs
+
+
+# --------------------------------------------------------------------------------------------------- set up
+@dataclass
+class _State:
+    """What the set-up phase built: shared by every trial of the search."""
+
+    setup: Setup
+    bound: BoundSpace
+    engine: Any
+    saved: dict[str, Any]  # what an earlier run of this study persisted (resume)
+    cache: ActivationCache | None
+    meter: Meter
+
+
+def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _State:
+    """Data and model checked (nothing on disk yet), then the storage opened, the cache filled, the unit measured."""
+    setup = prepare(model, task, blocks=blocks, seed=plan.seed, device=plan.training.device)
+    part, dev = setup.partition, setup.device
+    needs_cost = (plan.multi and "cost" in plan.objectives) or plan.spec.max_added_cost is not None
+    flops = try_count_flops(setup.work, part, setup.example(), required=needs_cost, owner="search")
+    head = set(part.head)
+    bound = plan.spec.bind([b.num_params for b in part], fork_share=flops.shares() if flops else None,
+                           head_params=sum(p.numel() for n, p in setup.work.named_parameters() if n in head))
+    engine = get_engine(plan.backend)(storage=plan.run.storage, study_name=plan.run.study_name, run_dir=plan.run_path,
+                                      resume=plan.resume, directions=plan.directions, seed=plan.seed,
+                                      **plan.backend_options)
+    saved = engine.load_state()
+    if saved and (saved.get("space", {}).get("kind") != plan.spec.kind or saved.get("n_blocks") != len(part)):
+        raise ConfigError(f"The study {plan.run.study_name!r} was run on a {saved.get('space', {}).get('kind')!r} space "
+                          f"over {saved.get('n_blocks')} blocks; resume it with the same model and space.")
+    meter = Meter(plan.budget.epoch_seconds)
     t0 = time.perf_counter()
-    cache = _build_cache(work, partition, view, bound, dev, batch_size, fit_kwargs.get("memory"), progress)
+    boundaries = list(range(len(part))) + ([len(part)] if bound.min_blocks == 0 else [])
+    cache = setup.cache(boundaries, batch_size=plan.training.batch_size, memory=plan.training.memory,
+                        progress=plan.run.progress)
     meter.add_phase("cache", time.perf_counter() - t0)
     if meter.epoch_seconds is None:
         t0 = time.perf_counter()
-        meter.epoch_seconds = state.get("epoch_seconds") or measure_epoch_seconds(
-            work, view, partition, batch_size=batch_size, device=dev, amp=amp)
+        meter.epoch_seconds = saved.get("epoch_seconds") or measure_epoch_seconds(
+            setup.work, setup.view, batch_size=plan.training.batch_size, device=dev, amp=plan.training.amp)
         meter.add_phase("calibration", time.perf_counter() - t0)
     log.info("one full-finetune epoch ≈ %.2fs (the unit of compute)", meter.epoch_seconds)
-
-    # ---- 3. the prior -------------------------------------------------------------------------------------
-    the_prior: Prior | None = None
-    if sel.uses_prior and prior is not None:
-        if state.get("prior"):
-            the_prior = Prior.from_dict(state["prior"])
-        elif isinstance(prior, str) and not _profile_affordable(budget, bound, meter.epoch_seconds):
-            log.warning("the budget (%s) is too small for a profile prior; searching without one", budget.describe())
-        elif isinstance(prior, str):
-            t0 = time.perf_counter()
-            prof = run_profile(model, view, partition=partition, epochs=1, seeds=1, lr=spec.default_lr,
-                               batch_size=batch_size, fidelity="full", baselines=False, device=dev,
-                               cache=cache if cache is not None else False, seed=seed, progress=progress)
-            meter.add_phase("prior", time.perf_counter() - t0)
-            the_prior = Prior.of(prof, len(partition))
-        else:
-            the_prior = Prior.of(prior, len(partition))
-    ctx = SelectorContext(space=bound, prior=the_prior, seed=seed, epochs=epochs, directions=tuple(directions),
-                          n_trials=budget.trials, fit_defaults={"batch_size": batch_size})
-
-    # ---- 4. the engine runs the trials --------------------------------------------------------------------
-    def run_trial(cand: Candidate, report: Callable[[int, float], None] | None, *, resume: Any = None,
-                  checkpoint: Callable[[Any], None] | None = None) -> TrialOutcome:
-        res = fit(model, view, cand.selection, partition=partition, epochs=epochs, lr=cand.lr,
-                  weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None, batch_size=batch_size,
-                  seed=seed, device=dev, amp=amp, cache=cache if cache is not None else False, callback=report,
-                  checkpoint=checkpoint, resume=resume, keep_model=True)
-        values = [res.score] + [bound.added_cost(res.selection) if o == "cost" else float(res.trainable_params)
-                                for o in objectives[1:]]
-        attrs = {"curve": res.curve, "train_loss": res.train_loss, "trainable_params": res.trainable_params,
-                 "examples_per_s": res.examples_per_s}
-        if res.resumed_from:
-            attrs["resumed_from_epoch"] = res.resumed_from
-        return TrialOutcome(values, attrs, res.model)
-
-    job = Job(space=bound, selector=sel, context=ctx, run_trial=run_trial, budget=budget, meter=meter,
-              objectives=objectives, pruner=pruner, progress=progress, callbacks=list(callbacks),
-              state={"space": spec.to_dict(), "n_blocks": len(partition), "epoch_seconds": meter.epoch_seconds,
-                     "prior": the_prior.to_dict() if the_prior else None, "selector": sel.describe(),
-                     "objectives": list(objectives), "epochs": epochs, "seed": seed})
-    run = engine.run(job)
-
-    # ---- 5. the best trial's model, optional retraining, the test score once -----------------------------
-    front = pareto_front(run.records, objectives)
-    done = [r for r in run.records if r.state == "COMPLETE" and r.values]
-    if not done:
-        raise ConfigError(f"The search finished no trial (stopped by: {run.stop_reason}); raise the budget. "
-                          f"Failures: {[r.user_attrs.get('fail_reason') for r in run.records if r.state == 'FAIL']}")
-    best = max(front if multi else done, key=lambda r: (r.values[0], -r.number))
-    cand = bound.decode(best.params)
-    final = run.best_model if run.best_number == best.number else None
-    t0 = time.perf_counter()
-    if final is None and run.best_state and not retrain:  # the best trial's checkpoint: no need to train again
-        final = _with_head(model, task.num_classes, seed, dev)
-        if final.load_state_dict({k: v.to(dev) for k, v in run.best_state.items()}, strict=False).unexpected_keys:
-            final = None  # not this model's tensors: train it again below
-    if final is None or retrain:
-        data = _train_plus_val(view) if retrain else view
-        final = fit(model, data, best.selection, partition=partition, epochs=epochs, lr=cand.lr,
-                    weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None, batch_size=batch_size,
-                    seed=seed, device=dev, amp=amp, cache=cache if (cache is not None and not retrain) else
-                    ("auto" if retrain else False), keep_model=True).model
-    meter.add_phase("final", time.perf_counter() - t0)
-    test_score, n_test = _test_score(final, task, dev)
-    spent = {**meter.report(), "stop_reason": run.stop_reason}
-    hparams = {**cand.hparams(), "epochs": epochs, "batch_size": batch_size, "seed": seed}
-    config = {"space": spec.to_dict(), "selector": sel.describe(), "backend": backend, "epochs": epochs,
-              "seed": seed, "batch_size": batch_size, "model": type(model).__name__, "block_names": list(partition.names),
-              "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(model, discover_blocks(model)),
-              "retrained": bool(retrain), "budget": budget.__dict__,
-              "task": {"train": len(task.train), "val": len(task.val),
-                       "test": n_test}}
-    pareto = [{"number": r.number, "selection": list(r.selection or ()), "score": r.score,
-               "added_cost": r.user_attrs.get("added_cost"), "trainable_params": r.user_attrs.get("trainable_params"),
-               "values": r.values} for r in front]
-    log.info("search: best %s val %.4f (trial %d); spent %s", best.selection, best.values[0], best.number, spent)
-    return SearchResult(selection=tuple(best.selection), hparams=hparams, score=float(best.values[0]),
-                        test_score=test_score, model=final, trials=trials_frame(run.records, objectives),
-                        records=run.records, pareto=pareto, spent=spent, objectives=objectives,
-                        best_trial=best.number, study_name=run.study_name, storage=run.storage, run_dir=str(run_path),
-                        prior=the_prior.to_dict() if the_prior else None, config=config,
-                        state=tuned_state(final, best.selection, partition), study=run.study)
+    return _State(setup=setup, bound=bound, engine=engine, saved=saved, cache=cache, meter=meter)
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
-def measure_epoch_seconds(work: nn.Module, task: Task, partition: Any, *, batch_size: int,
+def measure_epoch_seconds(work: nn.Module, task: Task, partition: Any = None, *, batch_size: int,
                           device: torch.device, amp: bool | None = None, steps: int = 2) -> float:
     """Estimate one full-finetune epoch (train steps + validation pass) from a few timed steps."""
     net = copy.deepcopy(work).to(device).train()
@@ -237,7 +251,7 @@ def measure_epoch_seconds(work: nn.Module, task: Task, partition: Any, *, batch_
     amp = device.type == "cuda" if amp is None else amp
     n, bs = len(task.train), min(batch_size, len(task.train))
     idx = torch.arange(bs)
-    x, y = _to(take(task.train.inputs, idx), device), task.train.targets[idx].to(device)
+    x, y = to_device(take(task.train.inputs, idx), device), task.train.targets[idx].to(device)
     times = []
     for i in range(steps + 1):  # the first step warms up
         t0 = time.perf_counter()
@@ -254,14 +268,37 @@ def measure_epoch_seconds(work: nn.Module, task: Task, partition: Any, *, batch_
     m = min(len(task.val), 256)
     t0 = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        net(_to(take(task.val.inputs, torch.arange(m)), device))
+        net(to_device(take(task.val.inputs, torch.arange(m)), device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     val_s = (time.perf_counter() - t0) * len(task.val) / m
     return float(math.ceil(n / bs) * (sum(times) / len(times)) + val_s)
 
 
-def _profile_affordable(budget: Budget, bound: Any, epoch_seconds: float) -> bool:
+# ---------------------------------------------------------------------------------------------------- prior
+def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
+    """The saved prior on resume, a one-epoch profile inside the budget, the one passed, or None."""
+    n = len(state.setup.partition)
+    if not plan.selector.uses_prior or prior is None:
+        return None
+    if state.saved.get("prior"):
+        return Prior.from_dict(state.saved["prior"])
+    if not isinstance(prior, str):
+        return Prior.of(prior, n)
+    if not _profile_affordable(plan.budget, state.bound, state.meter.epoch_seconds):
+        log.warning("the budget (%s) is too small for a profile prior; searching without one", plan.budget.describe())
+        return None
+    t0 = time.perf_counter()
+    setup = state.setup
+    prof = run_profile(setup.model, setup.view, blocks=setup.partition, epochs=1, seeds=1, lr=plan.spec.default_lr,
+                       batch_size=plan.training.batch_size, fidelity="full", baselines=False, device=setup.device,
+                       cache=state.cache if state.cache is not None else False, seed=plan.seed,
+                       progress=plan.run.progress)
+    state.meter.add_phase("prior", time.perf_counter() - t0)
+    return Prior.of(prof, n)
+
+
+def _profile_affordable(budget: Budget, bound: BoundSpace, epoch_seconds: float) -> bool:
     """Whether the one-epoch profile (estimated from FLOP shares) costs at most half a compute or time budget."""
     share = bound.fork_share or [1.0] * (bound.n + 1)
     est = sum(share[: bound.n])  # one epoch per block, in full-FT epochs
@@ -269,65 +306,96 @@ def _profile_affordable(budget: Budget, bound: Any, epoch_seconds: float) -> boo
     return all(limit is None or est <= 0.5 * limit for limit in limits)
 
 
-def _check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
-    objs = (objectives,) if isinstance(objectives, str) else tuple(objectives)
-    if not objs or objs[0] != "score" or len(set(objs)) != len(objs) or any(o not in OBJECTIVES for o in objs):
-        raise ConfigError(f"The 'objectives' parameter of search must start with 'score' and may add 'cost' "
-                          f"(added inference cost) and/or 'params' (trainable parameters); got {objectives!r} instead.")
-    return objs
+# ------------------------------------------------------------------------------------------------------ run
+def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
+    """Hand the engine a Job: the bound space, the selector and its context, and how to train one candidate."""
+    setup, bound, tr = state.setup, state.bound, plan.training
+    ctx = SelectorContext(space=bound, prior=the_prior, seed=plan.seed, epochs=plan.epochs,
+                          directions=tuple(plan.directions), n_trials=plan.budget.trials,
+                          fit_defaults={"batch_size": tr.batch_size})
+
+    def run_trial(cand: Candidate, report: Callable[[int, float], None] | None, *, resume: Any = None,
+                  checkpoint: Callable[[Any], None] | None = None) -> TrialOutcome:
+        res = fit(setup.model, setup.view, cand.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
+                  weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None,
+                  batch_size=tr.batch_size, seed=plan.seed, device=setup.device, amp=tr.amp,
+                  cache=state.cache if state.cache is not None else False, callback=report, checkpoint=checkpoint,
+                  resume=resume, keep_model=True)
+        values = [res.score] + [bound.added_cost(res.selection) if o == "cost" else float(res.trainable_params)
+                                for o in plan.objectives[1:]]
+        attrs = {"curve": res.curve, "train_loss": res.train_loss, "trainable_params": res.trainable_params,
+                 "examples_per_s": res.examples_per_s}
+        if res.resumed_from:
+            attrs["resumed_from_epoch"] = res.resumed_from
+        return TrialOutcome(values, attrs, res.model)
+
+    job = Job(space=bound, selector=plan.selector, context=ctx, run_trial=run_trial, budget=plan.budget,
+              meter=state.meter, objectives=plan.objectives, pruner=plan.pruner, progress=plan.run.progress,
+              callbacks=list(plan.run.callbacks),
+              state={"space": plan.spec.to_dict(), "n_blocks": len(setup.partition),
+                     "epoch_seconds": state.meter.epoch_seconds, "prior": the_prior.to_dict() if the_prior else None,
+                     "selector": plan.selector.describe(), "objectives": list(plan.objectives), "epochs": plan.epochs,
+                     "seed": plan.seed})
+    return state.engine.run(job)
 
 
-def _with_head(model: nn.Module, num_classes: int, seed: int, dev: torch.device) -> nn.Module:
-    from ..model.heads import replace_head
-
-    return replace_head(copy.deepcopy(model), num_classes, seed=seed).to(dev).eval()
-
-
-def _fork_share(work: nn.Module, partition: Any, task: Task, dev: torch.device, *, required: bool) -> list[float] | None:
-    """Added inference cost per first tuned block (None, with a warning, if FLOPs cannot be counted)."""
-    from ..model.cost import count_flops
-
-    try:
-        fp = count_flops(work, partition, _to(take(task.train.inputs, slice(0, 1)), dev))
-        return [fp.fork_share(b) for b in range(len(partition) + 1)]
-    except Exception as exc:
-        if required:
-            raise ConfigError(f"The added inference cost is needed but FLOPs could not be counted: {exc}") from exc
-        log.warning("could not count FLOPs (%s); added_cost is not recorded", exc)
-        return None
-
-
-def _build_cache(work: nn.Module, partition: Any, task: Task, bound: Any, dev: torch.device, batch_size: int,
-                 memory: Any, progress: bool):
-    """ONE prefix cache for the whole search, filled at every boundary a selection can start at, in one pass."""
-    from ..training.cache import ActivationCache
-
-    cache = ActivationCache(work, partition, {"train": task.train, "val": task.val}, device=dev,
-                            batch_size=max(64, batch_size), budget=memory, progress=progress)
-    boundaries = list(range(len(partition))) + ([len(partition)] if bound.min_blocks == 0 else [])
-    splits = ["train", "val"] if task.train_transform is None else ["val"]
-    got = cache.ensure(boundaries, splits)
-    log.info("prefix cache: %d of %d boundaries cached", len(got), len(boundaries))
-    return cache
-
-
-def _train_plus_val(task: Task) -> Task:
-    """train ∪ val as the training split (validation kept only to report a per-epoch number)."""
-    a, b = task.train.inputs, task.val.inputs
-    inputs = {k: torch.cat([a[k], b[k]]) for k in a} if isinstance(a, dict) else torch.cat([a, b])
-    both = Split(inputs, torch.cat([task.train.targets, task.val.targets]), name="train")
-    return replace(task, train=both, test=None)
+# --------------------------------------------------------------------------------------------------- finish
+def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun, task: Task) -> SearchResult:
+    """The best trial's model (its checkpoint, or retrained), then the one read of the test split."""
+    front = pareto_front(run.records, plan.objectives)
+    done = [r for r in run.records if r.state == "COMPLETE" and r.values]
+    if not done:
+        raise ConfigError(f"The search finished no trial (stopped by: {run.stop_reason}); raise the budget. "
+                          f"Failures: {[r.user_attrs.get('fail_reason') for r in run.records if r.state == 'FAIL']}")
+    best = max(front if plan.multi else done, key=lambda r: (r.values[0], -r.number))
+    cand = state.bound.decode(best.params)
+    t0 = time.perf_counter()
+    final = _final_model(plan, state, run, best, cand)
+    state.meter.add_phase("final", time.perf_counter() - t0)
+    setup, tr = state.setup, plan.training
+    test_score, n_test = _test_score(final, task, setup.device)
+    spent = {**state.meter.report(), "stop_reason": run.stop_reason}
+    config = {"space": plan.spec.to_dict(), "selector": plan.selector.describe(), "backend": plan.backend,
+              "epochs": plan.epochs, "seed": plan.seed, "batch_size": tr.batch_size, "model": type(setup.model).__name__,
+              "block_names": list(setup.partition.names), "blocks": blocks_spec(setup.partition),
+              "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(setup.work, setup.partition),
+              "retrained": tr.retrain, "budget": plan.budget.__dict__, "run": plan.run.to_dict(),
+              "task": {"train": len(task.train), "val": len(task.val), "test": n_test}}
+    pareto = [{"number": r.number, "selection": list(r.selection or ()), "score": r.score,
+               "added_cost": r.user_attrs.get("added_cost"), "trainable_params": r.user_attrs.get("trainable_params"),
+               "values": r.values} for r in front]
+    log.info("search: best %s val %.4f (trial %d); spent %s", best.selection, best.values[0], best.number, spent)
+    return SearchResult(
+        selection=tuple(best.selection), hparams={**cand.hparams(), "epochs": plan.epochs, "batch_size": tr.batch_size,
+                                                  "seed": plan.seed},
+        score=float(best.values[0]), test_score=test_score, model=final,
+        trials=trials_frame(run.records, plan.objectives), records=run.records, pareto=pareto, spent=spent,
+        objectives=plan.objectives, best_trial=best.number, study_name=run.study_name, storage=run.storage,
+        run_dir=str(plan.run_path), prior=the_prior.to_dict() if the_prior else None, config=config,
+        state=tuned_tensors(final, tuple(best.selection), setup.partition), study=run.study)
 
 
-def _test_score(model: nn.Module, task: Task, dev: torch.device) -> tuple[float | None, int]:
+def _final_model(plan: _Plan, state: _State, run: EngineRun, best: TrialRecord, cand: Candidate) -> nn.Module:
+    """The model the best trial trained (kept in memory, or its checkpoint), else it is trained again."""
+    setup, tr = state.setup, plan.training
+    final = run.best_model if run.best_number == best.number and not tr.retrain else None
+    if final is None and run.best_state and not tr.retrain:  # the best trial's checkpoint: no need to train again
+        final = with_head(setup.model, setup.num_classes, seed=plan.seed, device=setup.device)
+        if final.load_state_dict({k: v.to(setup.device) for k, v in run.best_state.items()},
+                                 strict=False).unexpected_keys:
+            final = None  # not this model's tensors: train it again below
+    if final is not None:
+        return final
+    view = setup.view
+    data = replace(view, train=concat_splits(view.train, view.val, name="train")) if tr.retrain else view
+    cache: Any = state.cache if (state.cache is not None and not tr.retrain) else ("auto" if tr.retrain else False)
+    return fit(setup.model, data, best.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
+               weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None, batch_size=tr.batch_size,
+               seed=plan.seed, device=setup.device, amp=tr.amp, cache=cache, keep_model=True).model
+
+
+def _test_score(model: nn.Module, task: Task, device: torch.device) -> tuple[float | None, int]:
     """The one and only read of the test split: after the search, on the final model (score, size)."""
-    from ..training.trainer import evaluate
-
     if task.test is None:
         return None, 0
-    return float(evaluate(model, task.test, device=dev)), len(task.test)
-
-
-def _to(x: Any, dev: torch.device) -> Any:
-    return {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
-
+    return float(evaluate(model, task.test, device=device)), len(task.test)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, check_positive
+from ..model.cost import added_cost
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,8 @@ class BoundSpace:
         return self.head_params + sum(self.block_params[i] for i in selection)
 
     def added_cost(self, selection: Sequence[int]) -> float | None:
-        if self.fork_share is None:
-            return None
-        return self.fork_share[min(selection) if selection else self.n]
+        """The added inference cost of ``selection`` (None when the model's FLOPs could not be counted)."""
+        return None if self.fork_share is None else added_cost(self.fork_share, tuple(selection))
 
     def violation(self, selection: Sequence[int], *, check_min: bool = True) -> str | None:
         """Why ``selection`` breaks the space's bounds or constraints, or None."""

@@ -17,6 +17,8 @@ from torch import nn
 from .blocks import _is_hf, _under, find_head
 from ..errors import BlockDiscoveryError, check_positive
 
+__all__ = ["head_parameters", "replace_head"]
+
 _LOG = logging.getLogger(__name__)
 
 

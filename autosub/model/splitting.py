@@ -28,6 +28,8 @@ from torch import nn
 from .blocks import Partition
 from ..data.task import Inputs, take
 
+__all__ = ["SKIP", "STAND_IN", "Slot", "boundary_module", "capture", "eval_mode", "replay", "verify"]
+
 log = logging.getLogger(__name__)
 
 

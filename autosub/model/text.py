@@ -14,6 +14,8 @@ from torch import nn
 
 from ..errors import DataError, check_positive
 
+__all__ = ["TextClassifier"]
+
 _LOG = logging.getLogger(__name__)
 
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..errors import MissingDependencyError
 
+__all__ = ["FORMATS", "plot_greedy", "plot_pairs", "plot_profile"]
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..selection.greedy_selection import GreedyResult
     from ..selection.profiling import Profile

@@ -36,12 +36,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..model.blocks import Partition, discover_blocks
-from ..training.cache import ActivationCache
-from ..data.task import Split, Task
+from .._io import write_json
 from .._version import __version__
+from ..data.task import Split, Task, concat_splits
 from ..errors import ConfigError, DataError, check_positive
-from .profiling import _with_head, build_cache, normalize_blocks, selection_view, write_json
+from ..model.blocks import Partition
+from ..model.subtune import normalize_blocks
+from ..training.cache import ActivationCache
+from ..training.setup import BlocksSpec, build_cache, check_task, prepare
+from ..training.trainer import fit
+from .profiling import candidates_arg
+
+__all__ = ["DIRECTIONS", "STOPPINGS", "GreedyResult", "GreedyStep", "cv_folds_of", "greedy", "greedy_search"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +129,8 @@ def greedy(
     model: nn.Module,
     task: Task,
     *,
-    blocks: Sequence[int] | None = None,
+    blocks: BlocksSpec = None,
+    candidates: Sequence[int] | None = None,
     partition: Partition | None = None,
     direction: str = "forward",
     epsilon: float = 0.005,
@@ -138,41 +145,35 @@ def greedy(
     cache: bool | ActivationCache = True,
     progress: bool = True,
 ) -> GreedyResult:
-    """Greedy SubTuning over ``blocks`` (default: all): forward adds, backward removes, until the gain is < ε.
+    """Greedy SubTuning over the ``candidates`` (default: all blocks): forward adds, backward removes, until the
+    gain is < ε. ``blocks``: the discovery override or a Partition, as in :func:`autosub.discover_blocks`.
 
     Every fit uses the same ``seed`` (same head init and batch order), so candidates are compared on equal terms.
     With ``cv_folds`` the score is the mean over stratified folds of train+val merged (for tiny data).
     """
-    from ..training.trainer import check_task, fit, resolve_device
-
     _check_args(direction=direction, epsilon=epsilon, max_blocks=max_blocks, stopping=stopping, cv_folds=cv_folds,
                 epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    dev = resolve_device(device)
+    blocks, candidates = candidates_arg(blocks, candidates, "greedy")
     start = time.perf_counter()
-    view = selection_view(task)
-    work = _with_head(model, view, seed, dev)  # blocks are found on the model fit trains (HF encoders get wrapped)
-    part = partition if partition is not None else discover_blocks(work)
-    todo = normalize_blocks(blocks, part, "greedy")
-    check_task(work, view)
+    run = prepare(model, task, blocks=partition if partition is not None else blocks, seed=seed, device=device,
+                  check=False)
+    view, part, dev, work = run.view, run.partition, run.device, run.work
+    todo = normalize_blocks(candidates, part, "greedy")
+    check_task(run.work, run.view)  # after every argument: a bad one fails before the data is touched
     boundaries = [*todo, len(part)]
     if cv_folds:  # the prefix does not depend on the fold: one cache over train+val, each fold a view of its rows
         merged, split_rows = cv_folds_of(view, cv_folds, seed=seed)
         folds = [t for t, _ in split_rows]
-        base = None
-        if cache is not False and cache is not None:
-            if isinstance(cache, ActivationCache):
-                log.info("greedy: cross-validation builds its own cache over train+val; the given cache is unused")
-            base = ActivationCache(work, part, {"all": merged}, device=dev, batch_size=max(64, batch_size),
-                                   progress=progress)
-            base.ensure(boundaries, ["all"])
+        if isinstance(cache, ActivationCache):
+            log.info("greedy: cross-validation builds its own cache over train+val; the given cache is unused")
+        base = build_cache(work, part, {"all": merged}, boundaries, device=dev, batch_size=batch_size,
+                           progress=progress, cache=cache is not False and cache is not None)
         augmented = view.train_transform is not None
         caches = [_FoldCache(base, r, augmented=augmented) if base is not None else None for _, r in split_rows]
     else:
         folds = [view]
-        shared, _ = build_cache(work, part, view, boundaries, cache=cache, device=dev, batch_size=batch_size,
-                                progress=progress)
-        caches = [shared]
-    del work
+        caches = [run.cache(boundaries, batch_size=batch_size, progress=progress, cache=cache)]
+    del work, run
 
     bar = tqdm(desc=f"greedy ({direction})", unit="fit", disable=not progress)
     n_fits = 0
@@ -183,7 +184,7 @@ def greedy(
         if sel not in memo:
             vals = []
             for fold, c in zip(folds, caches):
-                r = fit(model, fold, sel, partition=part, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                r = fit(model, fold, sel, blocks=part, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         device=dev, cache=c if c is not None else False, keep_model=False)
                 vals.append(float(r.score))
                 n_fits += 1
@@ -272,8 +273,7 @@ def cv_folds_of(task: Task, folds: int, *, seed: int) -> tuple[Split, list[tuple
     """Stratified k-fold tasks over train+val merged (never test), each with its rows in the merged split."""
     from sklearn.model_selection import StratifiedKFold
 
-    merged = Split(_concat(task.train.inputs, task.val.inputs), torch.cat([task.train.targets, task.val.targets]),
-                   name="all")
+    merged = concat_splits(task.train, task.val, name="all")
     y = merged.targets.numpy()
     counts = np.bincount(y, minlength=task.num_classes)
     if counts[counts > 0].min() < folds:
@@ -325,12 +325,6 @@ class _FoldCache(ActivationCache):
 
 def _move(current: Subset, block: int, forward: bool) -> Subset:
     return tuple(sorted({*current, block})) if forward else tuple(b for b in current if b != block)
-
-
-def _concat(a, b):
-    if isinstance(a, dict):
-        return {k: torch.cat([a[k], b[k]]) for k in a}
-    return torch.cat([a, b])
 
 
 def _check_args(*, direction, epsilon, max_blocks, stopping, cv_folds, epochs, lr, batch_size, seed) -> None:

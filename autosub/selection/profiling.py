@@ -10,11 +10,11 @@ Only ``task.train`` and ``task.val`` are ever read.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,12 +24,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..model.blocks import Partition, discover_blocks
-from ..training.cache import ActivationCache
-from ..data.task import Task, take
+from .._io import write_json
 from .._version import __version__
+from ..data.task import Task
 from ..errors import ConfigError, check_positive
-from ..model.subtune import FULL, Selection
+from ..model.blocks import Partition
+from ..model.cost import try_count_flops
+from ..model.subtune import FULL, Selection, normalize_blocks
+from ..training.cache import ActivationCache
+from ..training.setup import BlocksSpec, check_task, prepare
+from ..training.trainer import fit
+
+__all__ = ["FIDELITIES", "Profile", "ProfileEntry", "candidates_arg", "halving_rungs", "profile", "rung_lr_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +169,8 @@ def profile(
     model: nn.Module,
     task: Task,
     *,
-    blocks: Sequence[int] | None = None,
+    blocks: BlocksSpec = None,
+    candidates: Sequence[int] | None = None,
     partition: Partition | None = None,
     epochs: int = 3,
     seeds: int = 3,
@@ -180,31 +187,31 @@ def profile(
     seed: int = 0,
     progress: bool = True,
 ) -> Profile:
-    """Profile every block (or ``blocks``) of ``model`` on ``task``: mean ± std val score over seeds, cost, size.
+    """Profile every block (or the ``candidates``) of ``model`` on ``task``: mean ± std val score over seeds, cost, size.
 
+    ``blocks``: the discovery override (a regex or module names, see :func:`autosub.discover_blocks`) or a
+    Partition (``partition=`` is the same). ``candidates``: the block indices to profile (default: all).
     ``pairs=True`` profiles all pairs of profiled blocks, ``pairs=m`` the pairs among the top-m blocks.
     ``fidelity="halving"`` runs successive halving from ``min_epochs`` up to ``epochs`` keeping the best 1/``eta``;
     with ``scale_lr`` a shorter rung trains at a proportionally higher lr (see :func:`rung_lr_scale`).
     ``baselines`` adds the linear probe and full finetuning at ``epochs`` with the same seeds.
     """
-    from ..training.trainer import check_task, resolve_device
-
     n_pairs = _check_args(epochs=epochs, seeds=seeds, lr=lr, batch_size=batch_size, pairs=pairs, fidelity=fidelity,
                           eta=eta, min_epochs=min_epochs, seed=seed)
-    dev = resolve_device(device)
+    blocks, candidates = candidates_arg(blocks, candidates, "profile")
     start = time.perf_counter()
-    view = selection_view(task)
-    work = _with_head(model, view, seed, dev)  # blocks are found on the model fit trains (HF encoders get wrapped)
-    part = partition if partition is not None else discover_blocks(work)
-    todo = normalize_blocks(blocks, part, "profile")
+    run = prepare(model, task, blocks=partition if partition is not None else blocks, seed=seed, device=device,
+                  check=False)
+    view, part, dev = run.view, run.partition, run.device
+    todo = normalize_blocks(candidates, part, "profile")
     if n_pairs is not None and n_pairs > len(todo):
         raise ConfigError(f"The 'pairs' parameter of profile asks for the top {n_pairs} blocks but only {len(todo)} "
                           "are profiled; pass pairs=True (all pairs) or a smaller int.")
-    check_task(work, view)
-    shared, cache_time = build_cache(work, part, view, [*todo, len(part)], cache=cache, device=dev,
-                                     batch_size=batch_size, progress=progress)
-    flops = _flops(work, part, view, dev)
-    del work
+    check_task(run.work, run.view)  # after every argument: a bad one fails before the data is touched
+    shared = run.cache([*todo, len(part)], batch_size=batch_size, progress=progress, cache=cache)
+    cache_time = time.perf_counter() - start
+    fp = try_count_flops(run.work, part, run.example(), owner="profile")
+    flops = (lambda sel: float(fp.added_cost(sel))) if fp is not None else (lambda sel: float("nan"))
 
     rungs = halving_rungs(min_epochs, epochs, eta) if fidelity == "halving" else [epochs]
     rung_lrs = [lr * (rung_lr_scale(rung, epochs) if scale_lr else 1.0) for rung in rungs]
@@ -216,11 +223,9 @@ def profile(
 
     def run(selection: Selection, n_epochs: int, name: str, run_lr: float = lr) -> ProfileEntry:
         nonlocal n_fits
-        from ..training.trainer import fit
-
         scores, times, res = [], [], None
         for s in range(seeds):
-            res = fit(model, view, selection, partition=part, epochs=n_epochs, lr=run_lr, batch_size=batch_size,
+            res = fit(model, view, selection, blocks=part, epochs=n_epochs, lr=run_lr, batch_size=batch_size,
                       seed=seed + s, device=dev, cache=shared if shared is not None else False, keep_model=False)
             scores.append(float(res.score))
             times.append(res.wall_time)
@@ -268,6 +273,21 @@ def profile(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def candidates_arg(blocks: Any, candidates: Sequence[int] | None, owner: str) -> tuple[Any, Sequence[int] | None]:
+    """Split ``blocks`` / ``candidates``: since 0.2 ``blocks=`` is the discovery override everywhere (as in
+    ``discover_blocks``) and the indices to consider are ``candidates=``; block indices passed as ``blocks=`` still
+    work for one release, with a DeprecationWarning."""
+    as_indices = (isinstance(blocks, Sequence) and not isinstance(blocks, (str, bytes))
+                  and all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in blocks))
+    if not as_indices:
+        return blocks, candidates
+    if candidates is not None:
+        raise ConfigError(f"{owner} got block indices in both 'blocks' and 'candidates'; pass them as candidates=.")
+    warnings.warn(f"{owner}(blocks=[indices]) is deprecated: pass candidates={list(blocks)} (blocks= is now the "
+                  "discovery override, as in discover_blocks).", DeprecationWarning, stacklevel=3)
+    return None, list(blocks)
+
+
 def halving_rungs(min_epochs: int, epochs: int, eta: int) -> list[int]:
     """The epochs of each successive-halving rung: min_epochs, min_epochs·eta, … capped by (and ending at) epochs."""
     rungs, e = [], min_epochs
@@ -297,81 +317,6 @@ def _rung_sizes(n: int, rungs: list[int], eta: int) -> list[int]:
     for _ in rungs[1:]:
         sizes.append(max(1, math.ceil(sizes[-1] / eta)))
     return sizes
-
-
-def normalize_blocks(blocks: Sequence[int] | None, part: Partition, owner: str) -> list[int]:
-    """Validate a list of block indices against the partition (None = every block)."""
-    if blocks is None:
-        return list(range(len(part)))
-    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) and not hasattr(blocks, "__iter__"):
-        raise ConfigError(f"The 'blocks' parameter of {owner} must be a list of block indices; got {blocks!r} instead.")
-    out = []
-    for b in blocks:
-        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 0 <= int(b) < len(part):
-            raise ConfigError(f"The 'blocks' parameter of {owner} must hold block indices 0..{len(part) - 1}; got "
-                              f"{b!r} instead. List them with autosub.discover_blocks(model).")
-        out.append(int(b))
-    if not out or len(set(out)) != len(out):
-        raise ConfigError(f"The 'blocks' parameter of {owner} must be a non-empty list without repeats; got "
-                          f"{list(blocks)!r} instead.")
-    return sorted(out)
-
-
-def selection_view(task: Task) -> Task:
-    """The task without its test split: what block selection may see (so nothing downstream can read test)."""
-    return Task(train=task.train, val=task.val, num_classes=task.num_classes, test=None, kind=task.kind,
-                train_transform=task.train_transform, meta=dict(task.meta))
-
-
-def build_cache(work: nn.Module, part: Partition, task: Task, boundaries: Sequence[int], *, cache: Any,
-                device: torch.device, batch_size: int, progress: bool) -> tuple[ActivationCache | None, float]:
-    """One ActivationCache on ``work`` filled at every requested boundary in one pass per split (or the user's)."""
-    if cache is False or cache is None:
-        return None, 0.0
-    t0 = time.perf_counter()
-    shared = cache if isinstance(cache, ActivationCache) else ActivationCache(
-        work, part, {"train": task.train, "val": task.val}, device=device, batch_size=max(64, batch_size),
-        progress=progress)
-    splits = ["train", "val"] if task.train_transform is None else ["val"]
-    got = shared.ensure(sorted(set(boundaries)), splits)
-    log.info("prefix cache: boundaries %s filled in %.1fs", got, time.perf_counter() - t0)
-    return shared, time.perf_counter() - t0
-
-
-def write_json(data: dict, path: str | Path) -> Path:
-    """Sorted-key, indented JSON; parents are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, sort_keys=True, indent=2, default=_jsonable) + "\n")
-    return path
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
-
-
-def _with_head(model: nn.Module, task: Task, seed: int, dev: torch.device) -> nn.Module:
-    from ..model.heads import replace_head
-
-    return replace_head(copy.deepcopy(model), task.num_classes, seed=seed).to(dev).eval()
-
-
-def _flops(work: nn.Module, part: Partition, task: Task, dev: torch.device):
-    """A selection → added inference cost function (NaN if the FLOPs cannot be counted for this model)."""
-    from ..model.cost import count_flops
-
-    try:
-        example = take(task.train.inputs, slice(0, 1))
-        example = {k: v.to(dev) for k, v in example.items()} if isinstance(example, dict) else example.to(dev)
-        fp = count_flops(work, part, example)
-        return lambda sel: float(fp.added_cost(sel))
-    except Exception as exc:  # cost is informative only; never fail a profile on it
-        log.warning("profile: could not count FLOPs (%s: %s); fork_cost is NaN", type(exc).__name__, exc)
-        return lambda sel: float("nan")
 
 
 def _finite(x: float) -> float:

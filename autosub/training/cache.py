@@ -19,8 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..model.blocks import Partition
-from ..data.task import Inputs, Split, take
+from ..data.task import Inputs, Split, take, to_device
 from ..model.splitting import SKIP, Slot, capture, eval_mode, replay, verify
+
+__all__ = ["ActivationCache", "MemoryBudget", "batch_ranges", "default_ram_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +99,14 @@ class ActivationCache:
         self._verdicts: dict[int, tuple[str | None, str | None]] = {}
         self._used = {"gpu": 0, "ram": 0, "disk": 0}
         first = next(iter(splits.values()))
-        self.stand_in: Inputs = _to(take(first.inputs, slice(0, 1)), self.device)
+        self.stand_in: Inputs = to_device(take(first.inputs, slice(0, 1)), self.device)
 
     # -- queries ---------------------------------------------------------------------------------------
     def usable(self, boundary: int) -> str | None:
         """None if replay from ``boundary`` matches a plain forward on this model, else the reason."""
         if boundary not in self._verdicts:
             probe = next(iter(self.splits.values()))
-            inputs = _to(take(probe.inputs, slice(0, min(4, len(probe)))), self.device)
+            inputs = to_device(take(probe.inputs, slice(0, min(4, len(probe)))), self.device)
             self._verdicts[boundary] = verify(self.model, self.partition, boundary, inputs)
             if self._verdicts[boundary][1]:
                 log.warning("prefix cache off at boundary %d: %s", boundary, self._verdicts[boundary][1])
@@ -121,7 +123,7 @@ class ActivationCache:
         if self.mode(boundary) == SKIP:
             examples = rows % len(self.splits[split])
             return replay(model, self.partition, boundary, slots, tensors,
-                          _to(take(self.splits[split].inputs, examples), self.device), mode=SKIP)
+                          to_device(take(self.splits[split].inputs, examples), self.device), mode=SKIP)
         return replay(model, self.partition, boundary, slots, tensors, self.stand_in)
 
     def has(self, split: str, boundary: int) -> bool:
@@ -163,7 +165,7 @@ class ActivationCache:
     def _fill(self, name: str, boundaries: list[int]) -> None:
         split = self.splits[name]
         n_rows = self.rows(name)
-        probe = _to(take(split.inputs, slice(0, 2)), self.device)
+        probe = to_device(take(split.inputs, slice(0, 2)), self.device)
         shapes = {b: [(s, t.shape[1:], t.dtype) for s, t in zip(*v)] for b, v in self._capture(probe, boundaries).items()}
         entries: dict[int, _Entry] = {}
         for b in boundaries:
@@ -182,7 +184,7 @@ class ActivationCache:
                 x = take(split.inputs, slice(start, stop))
                 if name == "train" and self.transform is not None:
                     x = self.transform(x)
-                captured = self._capture(_to(x, self.device), list(entries))
+                captured = self._capture(to_device(x, self.device), list(entries))
                 rows = slice(view * len(split) + start, view * len(split) + stop)
                 for b, (_, tensors) in captured.items():
                     for store, t in zip(entries[b].storage, tensors):
@@ -230,9 +232,3 @@ def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
-
-
-def _to(inputs: Inputs, device: torch.device) -> Inputs:
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)

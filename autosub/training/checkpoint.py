@@ -18,6 +18,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..model.blocks import Partition
+from ..model.subtune import Selection, tuned_tensors
+
+__all__ = ["CheckpointHook", "FitState", "STATE", "TENSORS", "capture", "restore", "selection_metadata"]
 
 TENSORS, STATE = "tuned.safetensors", "fit_state.pt"
 
@@ -62,42 +66,32 @@ class FitState:
 CheckpointHook = Callable[[FitState], None]
 
 
-def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters that train plus the buffers of modules in train mode, copied to the CPU."""
-    out = {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
-    for path, module in model.named_modules():
-        if module.training:
-            for name, b in module.named_buffers(recurse=False):
-                out[f"{path}.{name}" if path else name] = b.detach().cpu().clone()
-    return out
-
-
-def capture(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator, *,
-            epoch: int, curve: list[float], train_loss: list[float], seen: int, step_time: float) -> FitState:
-    """The state of a run after ``epoch`` epochs (the model must be in its training modes)."""
+def capture(model: nn.Module, selection: Selection, partition: Partition, optimizer: torch.optim.Optimizer,
+            scheduler: Any, generator: torch.Generator, *, epoch: int, curve: list[float], train_loss: list[float],
+            seen: int, step_time: float) -> FitState:
+    """The state of a run of ``selection`` after ``epoch`` epochs: its tuned tensors (never the frozen trunk)."""
     rng = {"data": generator.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
     opt = optimizer.state_dict()
     opt = {"state": {i: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in s.items()}
                      for i, s in opt["state"].items()}, "param_groups": opt["param_groups"]}
-    return FitState(epoch=epoch, tensors=trained_tensors(model), optimizer=opt, scheduler=scheduler.state_dict(),
+    return FitState(epoch=epoch, tensors=tuned_tensors(model, selection, partition), optimizer=opt, scheduler=scheduler.state_dict(),
                     rng=rng, curve=list(curve), train_loss=list(train_loss), seen=seen, step_time=step_time)
 
 
-def restore(state: FitState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            generator: torch.Generator, *, epochs: int) -> None:
+def restore(state: FitState, model: nn.Module, selection: Selection, partition: Partition,
+            optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator, *, epochs: int) -> None:
     """Put ``state`` back into a freshly built run; refuse a state from a different selection or a longer run."""
     if not 0 < state.epoch <= epochs:
         raise ConfigError(f"Cannot resume: the checkpoint is after epoch {state.epoch} but this fit has "
                           f"epochs={epochs}; resume with the same epochs it was saved with.")
-    want = trained_tensors(model)
+    want = tuned_tensors(model, selection, partition)
     if set(want) != set(state.tensors):
         diff = sorted(set(want) ^ set(state.tensors))[:5]
         raise ConfigError(f"Cannot resume: the checkpoint's tensors do not match the tuned blocks of this fit "
                           f"(e.g. {diff}); resume with the same model, selection and task it was saved with.")
-    _, unexpected = model.load_state_dict(state.tensors, strict=False)
-    assert not unexpected, unexpected
+    model.load_state_dict(state.tensors, strict=False)  # the keys were checked just above
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     generator.set_state(state.rng["data"])

@@ -6,7 +6,6 @@ example (the prefix cache) and every epoch runs only from that block on. Profile
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -17,14 +16,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..model.blocks import Partition, discover_blocks
-from .cache import ActivationCache, MemoryBudget, batch_ranges
-from .checkpoint import CheckpointHook, FitState, capture, restore
-from ..data.task import Inputs, Split, Task, take
-from ..errors import ConfigError, DataError, check_positive
-from ..model.heads import replace_head
+from ..data.task import Split, Task, take, to_device
+from ..errors import ConfigError, check_positive
+from ..model.blocks import Partition
 from ..model.splitting import eval_mode
 from ..model.subtune import FULL, Selection, first_boundary, freeze, normalize_selection, param_groups, set_modes
+from .cache import ActivationCache, MemoryBudget, batch_ranges
+from .checkpoint import CheckpointHook, FitState, capture, restore
+from .setup import BlocksSpec, build_cache, prepare, resolve_device
+
+__all__ = ["EpochCallback", "FitResult", "evaluate", "fit", "validate_hparams"]
 
 log = logging.getLogger(__name__)
 
@@ -56,48 +57,23 @@ class FitResult:
         return max(self.curve) if self.curve else float("nan")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def check_task(model: nn.Module, task: Task) -> None:
-    """Reject a task the model cannot take, before any training: one forward on two training examples."""
-    if len(task.train) == 0 or len(task.val) == 0:
-        raise DataError("The task has an empty train or validation split; give at least one example per class to each.")
-    if task.num_classes < 2:
-        raise DataError(f"A classification task needs at least 2 classes; got num_classes={task.num_classes}.")
-    probe = take(task.train.inputs, slice(0, min(2, len(task.train))))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(_to_device(probe, next(model.parameters()).device))
-    except Exception as exc:
-        shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else {k: tuple(v.shape[1:]) for k, v in probe.items()}
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        hint = f" The model expects input_size {tuple(cfg['input_size'])}." if "input_size" in cfg else ""
-        raise DataError(
-            f"The model could not take inputs of shape {shape}: {type(exc).__name__}: {exc}.{hint} "
-            "Prepare images with autosub.data.prepare_images(x, image_size=..., channels=3, mean=..., std=...) "
-            "or load a dataset with autosub.datasets.<name>(model=model)."
-        ) from exc
-
-
 def validate_hparams(*, epochs: int, lr: float, batch_size: int, weight_decay: float) -> None:
-    """scikit-learn-style errors for the training hyperparameters."""
+    """scikit-learn-style errors for the training hyperparameters (finite, positive; weight decay >= 0)."""
     check_positive("epochs", epochs, "fit", integer=True)
     check_positive("lr", lr, "fit")
     check_positive("batch_size", batch_size, "fit", integer=True)
-    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ConfigError(f"The 'weight_decay' parameter of fit must be a number >= 0; got {weight_decay!r} instead.")
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay)
+            or weight_decay < 0):
+        raise ConfigError(f"The 'weight_decay' parameter of fit must be a finite number >= 0; got {weight_decay!r} "
+                          "instead.")
 
 
 def fit(
     model: nn.Module,
     task: Task,
-    selection: Selection | list[int] | int | None = (),
+    selection: Selection | list[int] | int,
     *,
+    blocks: BlocksSpec = None,
     partition: Partition | None = None,
     epochs: int = 3,
     lr: float = 1e-3,
@@ -118,8 +94,12 @@ def fit(
 ) -> FitResult:
     """SubTune ``selection`` of ``model`` on ``task``; the caller's model is never modified (a copy trains).
 
-    ``checkpoint(state)`` is called after every epoch with the run's :class:`~autosub.checkpoint.FitState`;
-    ``resume=state`` continues such a run (same arguments) after ``state.epoch`` epochs, as if never stopped.
+    ``selection``: block indices such as ``(14, 15)``, ``"probe"`` (the new head only) or ``"all"`` (full
+    finetuning). ``blocks``: the discovery override (a regex or module names, see :func:`autosub.discover_blocks`)
+    or a Partition (``partition=`` is the same, kept for callers that pass one). ``cache``: ``"auto"`` builds a prefix
+    cache for this run, an :class:`ActivationCache` is shared (profiles and searches pass one), ``False`` trains
+    uncached. ``checkpoint(state)`` is called after every epoch with the run's :class:`FitState`; ``resume=state``
+    continues such a run (same arguments) after ``state.epoch`` epochs, as if never stopped.
     """
     validate_hparams(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay)
     start = time.perf_counter()
@@ -129,12 +109,10 @@ def fit(
     if shared is not None and shared.device != dev:
         raise ConfigError(f"The cache holds activations for device {shared.device} but fit runs on {dev}; build the "
                           f"ActivationCache with device={str(dev)!r} or pass device={str(shared.device)!r} to fit.")
-    work = replace_head(copy.deepcopy(model), task.num_classes, seed=seed).to(dev)
-    if partition is None or type(work) is not type(model):
-        partition = discover_blocks(work)
+    run = prepare(model, task, blocks=partition if partition is not None else blocks, seed=seed, device=dev,
+                  check=shared is None)
+    work, partition = run.work, run.partition
     sel = normalize_selection(selection, partition)
-    if shared is None:
-        check_task(work, task)
     n_trainable = freeze(work, sel, partition)
     set_modes(work, sel, partition)
     if dev.type == "cuda" and task.kind == "image":
@@ -144,16 +122,12 @@ def fit(
     augmented = task.train_transform is not None
     cached_splits: set[str] = set()
     if boundary is not None and cache is not False and cache != "off":
-        if shared is None:
-            views = cache_views or 1
-            shared = ActivationCache(
-                work, partition, {"train": task.train, "val": task.val}, device=dev, batch_size=max(64, batch_size),
-                budget=budget, views=views, transform=task.train_transform if cache_views else None, progress=progress,
-            )
-        want = ["val"] + (["train"] if (not augmented or shared.views > 1 or cache_views) else [])
-        for name in want:
-            if boundary in shared.ensure([boundary], [name]):
-                cached_splits.add(name)
+        shared = build_cache(work, partition, {"train": task.train, "val": task.val}, [boundary], device=dev,
+                             batch_size=batch_size, memory=budget, views=cache_views or 1,
+                             transform=task.train_transform if cache_views else None, augmented=augmented,
+                             progress=progress, cache=shared if shared is not None else True)
+        train_ok = not augmented or shared.views > 1 or bool(cache_views)  # never unaugmented rows for a random aug
+        cached_splits = {name for name in ("train", "val") if shared.has(name, boundary) and (name == "val" or train_ok)}
 
     groups = param_groups(work, sel, partition, lr=lr, weight_decay=weight_decay, lr_multipliers=lr_multipliers)
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
@@ -168,7 +142,7 @@ def fit(
     curve, losses = [], []
     seen, step_time = 0, 0.0
     if resume is not None:
-        restore(resume, work, optimizer, scheduler, gen, epochs=epochs)
+        restore(resume, work, sel, partition, optimizer, scheduler, gen, epochs=epochs)
         curve, losses, seen, step_time = list(resume.curve), list(resume.train_loss), resume.seen, resume.step_time
     done = resume.epoch if resume is not None else 0
     bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=f"fit {_label(sel)}",
@@ -190,7 +164,7 @@ def fit(
                     x = take(task.train.inputs, idx)
                     if augmented:
                         x = task.train_transform(x)
-                    out = work(_to_device(x, dev, channels_last=dev.type == "cuda"))
+                    out = work(to_device(x, dev, channels_last=dev.type == "cuda"))
                 loss = loss_fn(out.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -210,7 +184,7 @@ def fit(
         if callback is not None:
             callback(epoch, score)
         if checkpoint is not None:
-            checkpoint(capture(work, optimizer, scheduler, gen, epoch=epoch + 1, curve=curve, train_loss=losses,
+            checkpoint(capture(work, sel, partition, optimizer, scheduler, gen, epoch=epoch + 1, curve=curve, train_loss=losses,
                                seen=seen, step_time=step_time))
     bar.close()
     return FitResult(
@@ -254,19 +228,10 @@ def evaluate(
             if use_cache:
                 out = cache.run(model, name, boundary, idx)
             else:
-                out = model(_to_device(take(split.inputs, idx), dev, channels_last=dev.type == "cuda"))
+                out = model(to_device(take(split.inputs, idx), dev, channels_last=dev.type == "cuda"))
             correct += (out.argmax(-1).cpu() == split.targets[idx]).sum().item()
     return correct / max(1, len(split))
 
 
 def _label(sel: Selection) -> str:
     return "full" if sel == FULL else ("probe" if not sel else "blocks " + ",".join(map(str, sel)))
-
-
-def _to_device(x: Inputs, dev: torch.device, *, channels_last: bool = False) -> Inputs:
-    if isinstance(x, Mapping):
-        return {k: v.to(dev, non_blocking=True) for k, v in x.items()}
-    x = x.to(dev, non_blocking=True)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x

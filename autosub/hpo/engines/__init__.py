@@ -85,7 +85,7 @@ class Engine(abc.ABC):
         """Run the search described by ``job``."""
 
 
-ENGINES = {"optuna": "autosub.engines.optuna:OptunaEngine", "ray": "autosub.engines.ray:RayEngine"}
+ENGINES = {"optuna": "autosub.hpo.engines.optuna:OptunaEngine", "ray": "autosub.hpo.engines.ray:RayEngine"}
 
 
 def check_backend(backend: str) -> str:
