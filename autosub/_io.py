@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "dumps", "jsonable", "write_json"]
+__all__ = ["atomic_write", "dumps", "jsonable", "load_tensors", "read_json", "save_tensors", "tensor_checksum",
+           "write_json"]
 
 
 def jsonable(x: Any) -> Any:
@@ -54,3 +55,85 @@ def atomic_write(path: str | Path, payload: bytes | str) -> Path:
 def write_json(data: Any, path: str | Path) -> Path:
     """Sorted-key, indented JSON written atomically; returns the path."""
     return atomic_write(path, dumps(data) + "\n")
+
+
+def read_json(path: str | Path, *, what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a JSON object autosub wrote; a missing, truncated, corrupt or incomplete file, or one written by a newer
+    autosub, raises a ``WeightsError`` that names the file and what to do instead of a raw JSONDecodeError/KeyError."""
+    from ._version import __version__
+    from .errors import WeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist (or is not a file); point at a {what} written by autosub.")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path} is not valid JSON ({exc}); the {what} is truncated or corrupt — write it again "
+                           "(autosub writes files atomically, so a partial file was not written by autosub).") from exc
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} holds a JSON {type(data).__name__}, not the object a {what} is.")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise WeightsError(f"{path} lacks the field(s) {missing}; it is not a complete {what}.")
+    written = str(data.get("autosub_version") or "0")
+    if _version_tuple(written) > _version_tuple(__version__):
+        raise WeightsError(f"{path} was written by autosub {written}, newer than this autosub {__version__}; "
+                           "upgrade autosub to read it.")
+    return data
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def tensor_checksum(tensor: Any) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (what a flipped byte on disk changes)."""
+    import hashlib
+
+    import torch
+
+    t = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    if t.numel():
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> dict[str, str]:
+    """Write ``tensors`` as safetensors, atomically; return their checksums (to store in the artifact's JSON)."""
+    from safetensors.torch import save
+
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, save(plain, metadata=metadata))
+    return {k: tensor_checksum(v) for k, v in sorted(plain.items())}
+
+
+def load_tensors(path: str | Path, *, checksums: dict[str, str] | None, what: str) -> dict[str, Any]:
+    """Read a safetensors file autosub wrote; truncation, corruption or a checksum mismatch → ``WeightsError``."""
+    from safetensors.torch import load_file
+
+    from .errors import WeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing; the {what} lists tuned tensors but their file is gone.")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises SafetensorError / OSError on truncated or garbled files
+        raise WeightsError(f"{path} cannot be read as safetensors ({type(exc).__name__}: {exc}); the {what}'s "
+                           "tensor file is truncated or corrupt.") from exc
+    if checksums is not None:
+        if set(checksums) != set(tensors):
+            diff = sorted(set(checksums) ^ set(tensors))[:5]
+            raise WeightsError(f"{path} does not hold the tensors its {what} lists (e.g. {diff}); the files do not "
+                               "belong together.")
+        bad = [k for k, v in tensors.items() if tensor_checksum(v) != checksums[k]]
+        if bad:
+            raise WeightsError(f"{path}: tensors {bad[:5]} do not match their checksums; the file was modified or "
+                               "damaged after autosub wrote it.")
+    return tensors

@@ -8,7 +8,8 @@ import math
 
 
 __all__ = ["AutoSubError", "BlockDiscoveryError", "ConfigError", "DataError", "MissingDependencyError",
-           "SearchAborted", "SelectionError", "TrialFailed", "WeightsError", "check_positive"]
+           "SearchAborted", "SelectionError", "TrainingDiverged", "TrialFailed", "TrialOutOfMemory", "WeightsError",
+           "check_positive"]
 
 
 class AutoSubError(Exception):
@@ -41,6 +42,14 @@ class MissingDependencyError(AutoSubError, ImportError):
 
 class TrialFailed(AutoSubError, RuntimeError):
     """One trial failed; the search records the reason and goes on."""
+
+
+class TrainingDiverged(TrialFailed):
+    """The loss or the tuned parameters became NaN/Inf: the trial fails (never counts as a result)."""
+
+
+class TrialOutOfMemory(TrialFailed):
+    """The device ran out of memory in a trial; the message says what to lower."""
 
 
 class SearchAborted(AutoSubError, RuntimeError):

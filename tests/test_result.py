@@ -73,8 +73,57 @@ def test_to_model_refuses_another_trunk_and_load_needs_an_artifact(setup, tmp_pa
     other = timm.create_model("test_resnet", pretrained=False).eval()
     with pytest.raises(WeightsError, match="fingerprint"):
         res.to_model(other)
-    with pytest.raises(ConfigError, match="autosub.json"):
+    with pytest.raises(WeightsError, match="autosub.json does not exist"):
         SearchResult.load(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        SearchResult.load(tmp_path / "afile")
+    with pytest.raises(ConfigError, match="is a file"):
+        res.save(tmp_path / "afile")
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "flip":
+        raw = bytearray(data)
+        raw[-3] ^= 0xFF
+        path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("name, how, match", [
+    ("autosub.json", "truncate", "not valid JSON"), ("autosub.json", "empty", "not valid JSON"),
+    ("tuned.safetensors", "truncate", "truncated or corrupt"), ("tuned.safetensors", "flip", "checksum"),
+    ("tuned.safetensors", "delete", "is missing"), ("trials.csv", "corrupt", "not a readable CSV"),
+])
+def test_damaged_artifacts_fail_with_a_clear_error(setup, tmp_path, name, how, match):
+    _, _, res = setup
+    out = res.save(tmp_path / "a")
+    target = out / name
+    if how == "delete":
+        target.unlink()
+    elif how == "corrupt":
+        target.write_bytes(b'number,state\n1,"unterminated\n2,3,4,5\n')
+    else:
+        _damage(target, how)
+    with pytest.raises(WeightsError, match=match):
+        SearchResult.load(out)
+
+
+def test_a_result_from_a_newer_autosub_or_missing_fields_is_refused(setup, tmp_path):
+    _, _, res = setup
+    out = res.save(tmp_path / "a")
+    meta = json.loads((out / "autosub.json").read_text())
+    (out / "autosub.json").write_text(json.dumps({**meta, "autosub_version": "99.0"}))
+    with pytest.raises(WeightsError, match="newer than this autosub"):
+        SearchResult.load(out)
+    del meta["selection"]
+    (out / "autosub.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="lacks the field"):
+        SearchResult.load(out)
 
 
 def test_the_trials_table_and_dashboard_command(setup):

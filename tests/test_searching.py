@@ -1,7 +1,6 @@
 """autosub.search end to end on a tiny real task (sklearn digits, timm test_resnet, 1–2 epochs per trial)."""
 from __future__ import annotations
 
-import inspect
 import time
 
 import optuna
@@ -13,23 +12,11 @@ from autosub.data.task import Split, Task
 from autosub.hpo.engines import Job, TrialOutcome
 from autosub.hpo.engines.optuna import OptunaEngine, open_storage
 from autosub.errors import ConfigError, SearchAborted
+from autosub.hpo.result import SearchResult
 from autosub.hpo.searching import search
 from autosub.hpo.selectors import SelectorContext, get_selector
 from autosub.hpo.budget import Budget, Meter
 from autosub.hpo.space import SearchSpace
-
-
-class SpySplit(Split):
-    """A test split that records the call stack of every read of its data."""
-
-    def __init__(self, split: Split) -> None:
-        object.__setattr__(self, "reads", [])
-        super().__init__(split.inputs, split.targets, name="test")
-
-    def __getattribute__(self, name):
-        if name in ("inputs", "targets"):
-            object.__getattribute__(self, "reads").append({f.function for f in inspect.stack()[1:40]})
-        return object.__getattribute__(self, name)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +37,10 @@ def task(model):
     return Task(train=t.train, val=val, num_classes=t.num_classes, test=test)
 
 
-def spied(task: Task) -> Task:
-    return Task(train=task.train, val=task.val, num_classes=task.num_classes, test=SpySplit(task.test))
+@pytest.fixture()
+def spied(spy_split):
+    """``spied(task)``: the task with a test split that records who reads it (only the final report may)."""
+    return lambda task: Task(train=task.train, val=task.val, num_classes=task.num_classes, test=spy_split(task.test))
 
 
 def fast(**kw):
@@ -61,7 +50,7 @@ def fast(**kw):
 
 # ------------------------------------------------------------------------------------------------ basics
 def test_search_finishes_within_budget_with_a_valid_result_and_never_reads_test_before_the_end(model, task,
-                                                                                                tmp_path):
+                                                                                                tmp_path, spied):
     t = spied(task)
     res = search(model, t, 4, run_dir=tmp_path, space=SearchSpace(max_blocks=2), **fast(epochs=2))
     ran = [r for r in res.records if r.state != "WAITING"]
@@ -256,3 +245,28 @@ def test_autosub_search_is_the_function_whatever_was_imported(model, task, tmp_p
     assert autosub.search is module.search  # no module is named like the function (no sys.modules class swap)
     with pytest.raises(ConfigError, match="'budget'"):
         autosub.search(model, task, 0, run_dir=tmp_path)
+
+
+def test_diverged_trials_fail_with_their_reason_and_are_never_the_result(model, task, tmp_path):
+    with pytest.raises(ConfigError, match="finished no trial.*TrainingDiverged.*lower the learning rate"):
+        search(model, task, 2, run_dir=tmp_path, space=SearchSpace(lr=1e12), **fast())
+    study = optuna.load_study(study_name="autosub", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "FAIL"] and all("epoch 1" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_a_block_override_on_a_backbone_no_rule_discovers(tmp_path):
+    from torch import nn
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 10))
+    y = torch.arange(96) % 4
+    x = torch.randn(96, 3, 8, 8) + y.view(-1, 1, 1, 1).float()
+    res = search(backbone, (x, y), 3, blocks=["0", "2", "4"], **fast(run_dir=tmp_path / "run"))
+    assert res.config["block_names"] == ["0", "2", "4"] and res.config["blocks"] == [["0"], ["2"], ["4"]]
+    assert set(res.selection) <= {0, 1, 2} and res.score > 0.25
+    back = SearchResult.load(res.save(tmp_path / "result")).to_model(backbone)  # the override travels with it
+    with torch.no_grad():
+        torch.testing.assert_close(back(x[:5]), res.model(x[:5]))

@@ -116,3 +116,45 @@ def test_inputs_the_model_cannot_take_fail_before_training(test_resnet, image_ta
                 Split(image_task.val.inputs[:, :1], image_task.val.targets, name="val"), 4)
     with pytest.raises(DataError, match="could not take inputs of shape \\(1, 32, 32\\).*prepare_images"):
         fit(test_resnet, gray, (0,), epochs=1)
+
+
+def test_a_diverging_trial_fails_with_the_epoch_instead_of_counting_as_a_result(test_resnet, image_task):
+    from autosub.errors import TrainingDiverged, TrialFailed
+
+    with pytest.raises(TrainingDiverged, match="(loss|parameters).* became (nan|inf|NaN/Inf).*epoch 1") as info:
+        fit(test_resnet, image_task, (3,), epochs=2, lr=1e12, cache=False)
+    assert isinstance(info.value, TrialFailed)  # engines record it FAIL with this reason and go on
+
+
+def test_out_of_memory_fails_the_trial_with_advice(test_resnet, image_task):
+    from autosub.errors import TrialOutOfMemory
+
+    part = discover_blocks(test_resnet)
+    calls = []
+
+    def oom(module, args):
+        calls.append(1)
+        if len(calls) > 1:  # the task check's forward passes; training runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = test_resnet.get_submodule(part[2].modules[0]).register_forward_pre_hook(oom)
+    try:
+        with pytest.raises(TrialOutOfMemory, match="Lower batch_size.*MemoryBudget"):
+            fit(test_resnet, image_task, (3,), epochs=1, cache=False)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("kwargs, field", [({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr"),
+                                           ({"weight_decay": float("nan")}, "weight_decay")])
+def test_non_finite_hyperparameters_are_rejected(test_resnet, image_task, kwargs, field):
+    with pytest.raises(ConfigError, match=f"'{field}' parameter of fit must be a (positive )?finite"):
+        fit(test_resnet, image_task, (0,), **kwargs)
+
+
+def test_the_selection_must_be_explicit(test_resnet, image_task):
+    with pytest.raises(SelectionError, match="ambiguous"):
+        fit(test_resnet, image_task, None)
+    probe = fit(test_resnet, image_task, "probe", epochs=1)
+    assert probe.selection == () and probe.trainable_params == sum(
+        p.numel() for p in probe.model.get_classifier().parameters())

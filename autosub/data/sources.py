@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 from .task import Inputs, Split, Task, check_image_size, prepare_images
 from ..errors import ConfigError, DataError, check_positive
 
-__all__ = ["as_task"]
+__all__ = ["as_task", "warn_overlap"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_ABOVE = 2000  # show a tqdm bar when materializing more examples than this
@@ -106,6 +107,8 @@ def as_task(
         meta.update(image_size=image_size, mean=mean, std=std)
     _LOG.info("as_task: %d classes, train %d (of %d), val %d, test %s", n_cls, len(train), n_full, len(val),
               len(test_split) if test_split is not None else "none")
+    if test_split is not None:
+        warn_overlap(train, val, test_split)
     return Task(train=train, val=val, num_classes=n_cls, test=test_split, kind=kind,
                 train_transform=train_transform, meta=meta)
 
@@ -362,3 +365,26 @@ def _progress(it, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, disable=len(it) <= _PROGRESS_ABOVE, leave=False)
+
+
+def warn_overlap(train: Split, val: Split, test: Split) -> int:
+    """Warn when test examples also occur (byte for byte) in train or val: a test score on them is not held out.
+
+    Returns how many test examples overlap. Compares row hashes, so it costs one pass over the data.
+    """
+    import hashlib
+
+    def digests(split: Split) -> list[bytes]:
+        parts = list(split.inputs.values()) if isinstance(split.inputs, Mapping) else [split.inputs]
+        flat = [p.reshape(len(split), -1).contiguous().cpu().numpy() for p in parts]
+        return [hashlib.blake2b(b"".join(f[i].tobytes() for f in flat), digest_size=16).digest()
+                for i in range(len(split))]
+
+    seen = set(digests(train)) | set(digests(val))
+    shared = sum(d in seen for d in digests(test))
+    if shared:
+        _LOG.warning("as_task: %d of %d test examples also appear in train/val; their test score is not a held-out "
+                     "score. De-duplicate the data before splitting.", shared, len(test))
+        warnings.warn(f"{shared} of {len(test)} test examples also appear in the training data (train/val); the test "
+                      "score will overstate accuracy. De-duplicate before splitting.", UserWarning, stacklevel=3)
+    return shared

@@ -8,7 +8,6 @@ BatchNorm buffers included) and ``trials.csv``; ``load(dir)`` + ``to_model(base_
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .._io import dumps
+from .._io import atomic_write, load_tensors, read_json, save_tensors, write_json
 from .._version import __version__
 from ..errors import ConfigError, WeightsError
 
@@ -147,37 +146,51 @@ class SearchResult:
                 "tuned_tensors": sorted(self.state) if self.state else []}
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``autosub.json`` + ``tuned.safetensors`` (tuned tensors only) + ``trials.csv``; return the dir."""
-        from safetensors.torch import save_file
+        """Write ``autosub.json`` + ``tuned.safetensors`` (tuned tensors only, checksummed) + ``trials.csv``.
 
+        Every file is written atomically; the JSON, written last, lists each tensor's sha256, so a directory is
+        complete exactly when its ``autosub.json`` exists and verifies.
+        """
         out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} exists and is a file; save() writes a directory — pass a directory path.")
         out.mkdir(parents=True, exist_ok=True)
-        (out / ARTIFACT_JSON).write_text(dumps(self.to_dict()) + "\n")
+        meta = self.to_dict()
         if self.state:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.items()}
-            save_file(tensors, str(out / ARTIFACT_TENSORS), metadata={
+            meta["tensor_checksums"] = save_tensors(out / ARTIFACT_TENSORS, self.state, metadata={
                 "format": "pt", "autosub_version": __version__,
                 "trunk_fingerprint": str(self.config.get("trunk_fingerprint", "")),
                 "selection": ",".join(map(str, self.selection))})
         if self.trials is not None and len(self.trials):
-            self.trials.to_csv(out / ARTIFACT_TRIALS, index=False)
+            atomic_write(out / ARTIFACT_TRIALS, self.trials.to_csv(index=False))
+        write_json(meta, out / ARTIFACT_JSON)
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> SearchResult:
-        """Read a saved result (without a live model: call ``to_model(base_model)``)."""
+        """Read a saved result (without a live model: call ``to_model(base_model)``).
+
+        A missing, truncated or corrupt file, a tensor that fails its checksum, or a result from a newer autosub
+        raises a :class:`~autosub.WeightsError` that names the file.
+        """
         import pandas as pd
-        from safetensors.torch import load_file
 
         d = Path(directory)
-        if not (d / ARTIFACT_JSON).exists():
-            raise ConfigError(f"{d} holds no {ARTIFACT_JSON}; point load() at a directory written by "
-                              "SearchResult.save().")
-        meta = json.loads((d / ARTIFACT_JSON).read_text())
+        if not d.is_dir():
+            raise ConfigError(f"{d} is not a directory; point load() at a directory written by SearchResult.save().")
+        meta = read_json(d / ARTIFACT_JSON, what="search result", required=("kind", "selection", "hparams", "score"))
         if meta.get("kind") != "search_result":
             raise ConfigError(f"{d / ARTIFACT_JSON} is not a search result (kind={meta.get('kind')!r}).")
-        state = load_file(str(d / ARTIFACT_TENSORS)) if (d / ARTIFACT_TENSORS).exists() else None
-        trials = pd.read_csv(d / ARTIFACT_TRIALS) if (d / ARTIFACT_TRIALS).exists() else pd.DataFrame()
+        state = None
+        if meta.get("tuned_tensors"):
+            state = load_tensors(d / ARTIFACT_TENSORS, checksums=meta.get("tensor_checksums"), what="search result")
+        trials = pd.DataFrame()
+        if (d / ARTIFACT_TRIALS).exists():
+            try:
+                trials = pd.read_csv(d / ARTIFACT_TRIALS)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+                raise WeightsError(f"{d / ARTIFACT_TRIALS} is not a readable CSV ({exc}); it is corrupt. Delete it to "
+                                   "load the result without its trial table, or save the result again.") from exc
         return cls(selection=tuple(meta["selection"]), hparams=meta["hparams"], score=meta["score"],
                    test_score=meta.get("test_score"), model=None, trials=trials, records=[],
                    pareto=meta.get("pareto", []), spent=meta.get("spent", {}),

@@ -298,7 +298,7 @@ def _center(value: float | Range) -> float:
 
 def _check_range(name: str, value: Any, *, positive: bool, fixed_ok: bool = True) -> None:
     """A fixed number or a (low, high) tuple with low < high."""
-    ok_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and (  # noqa: E731
+    ok_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (  # noqa: E731
         v > 0 if positive else v >= 0)
     if isinstance(value, tuple) and len(value) == 2 and all(ok_num(v) for v in value) and value[0] < value[1]:
         return
@@ -306,5 +306,5 @@ def _check_range(name: str, value: Any, *, positive: bool, fixed_ok: bool = True
         return
     need = "a (low, high) tuple" + (" or a number" if fixed_ok else "")
     sign = "> 0" if positive else ">= 0"
-    raise ConfigError(f"The '{name}' parameter of SearchSpace must be {need} with values {sign} and low < high; "
+    raise ConfigError(f"The '{name}' parameter of SearchSpace must be {need} with finite values {sign} and low < high; "
                       f"got {value!r} instead.")

@@ -24,7 +24,6 @@ over train+val merged and each fold reads its rows through a view: k folds cost 
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,10 +35,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import write_json
+from .._io import read_json, write_json
 from .._version import __version__
 from ..data.task import Split, Task, concat_splits
-from ..errors import ConfigError, DataError, check_positive
+from ..errors import ConfigError, DataError, WeightsError, check_positive
 from ..model.blocks import Partition
 from ..model.subtune import normalize_blocks
 from ..training.cache import ActivationCache
@@ -122,7 +121,12 @@ class GreedyResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "GreedyResult":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a saved greedy result; a truncated, corrupt or newer-version file raises a clear WeightsError."""
+        data = read_json(path, what="greedy result", required=("selection", "score", "path", "start_score", "stop_reason"))
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{path} is not a valid greedy result: {type(exc).__name__}: {exc}.") from exc
 
 
 def greedy(

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 from torch import nn
 
+from ..data.sources import as_task
 from ..data.task import Split, Task, take, to_device
 from ..errors import BlockDiscoveryError, ConfigError, DataError
 from ..model.blocks import Partition, discover_blocks
@@ -91,6 +92,13 @@ def check_task(model: nn.Module, task: Task) -> None:
         raise DataError("The task has an empty train or validation split; give at least one example per class to each.")
     if task.num_classes < 2:
         raise DataError(f"A classification task needs at least 2 classes; got num_classes={task.num_classes}.")
+    for split in (task.train, task.val):
+        tensors = split.inputs.values() if isinstance(split.inputs, Mapping) else [split.inputs]
+        for x in tensors:
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+                raise DataError(f"The {split.name} split has {bad} example(s) with NaN or Inf inputs; drop or fix "
+                                "them before training (e.g. torch.nan_to_num, or filter with torch.isfinite).")
     probe = take(task.train.inputs, slice(0, min(2, len(task.train))))
     try:
         with eval_mode(model), torch.no_grad():
@@ -139,14 +147,16 @@ class Setup:
                            cache=cache)
 
 
-def prepare(model: nn.Module, task: Task, *, blocks: BlocksSpec = None, seed: int = 0,
+def prepare(model: nn.Module, task: Task | Any, *, blocks: BlocksSpec = None, seed: int = 0,
             device: str | torch.device | None = None, check: bool = True) -> Setup:
-    """Set up a run of ``model`` on ``task`` (see the module docs); ``check`` runs the task through the model once."""
+    """Set up a run of ``model`` on ``task`` (see the module docs); ``check`` runs the task through the model once.
+
+    ``task`` is a Task or anything :func:`autosub.as_task` takes (``(X, y)``, a torch Dataset, an ImageFolder path).
+    """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"The 'model' must be a torch.nn.Module; got {type(model).__name__} instead.")
-    if not isinstance(task, Task):
-        raise ConfigError(f"The task must be an autosub.Task (build one with autosub.as_task(...)); got "
-                          f"{type(task).__name__} instead.")
+    if not isinstance(task, Task):  # the same raw-data forms everywhere a task is: (X, y), a Dataset, a folder…
+        task = as_task(task)
     if next(model.parameters(), None) is None:
         raise ConfigError(f"The model {type(model).__name__} has no parameters; pass a pretrained network.")
     dev = resolve_device(device)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.task import Split, Task, take, to_device
-from ..errors import ConfigError, check_positive
+from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory, check_positive
 from ..model.blocks import Partition
 from ..model.splitting import eval_mode
 from ..model.subtune import FULL, Selection, first_boundary, freeze, normalize_selection, param_groups, set_modes
@@ -147,46 +147,62 @@ def fit(
     done = resume.epoch if resume is not None else 0
     bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=f"fit {_label(sel)}",
                disable=not progress, leave=False)
-    for epoch in range(done, epochs):
-        perm = torch.randperm(n, generator=gen)
-        total, count = 0.0, 0
-        epoch_start = time.perf_counter()
-        for s in range(0, n, batch_size):
-            idx = perm[s : s + batch_size]
-            y = task.train.targets[idx].to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                if "train" in cached_splits:
-                    rows = idx
-                    if shared.views > 1:
-                        rows = idx + n * torch.randint(shared.views, (len(idx),), generator=gen)
-                    out = shared.run(work, "train", boundary, rows)
-                else:
-                    x = take(task.train.inputs, idx)
-                    if augmented:
-                        x = task.train_transform(x)
-                    out = work(to_device(x, dev, channels_last=dev.type == "cuda"))
-                loss = loss_fn(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-            bar.update(1)
-        step_time += time.perf_counter() - epoch_start
-        seen += count
-        losses.append(total / count)
-        score = evaluate(work, task.val, cache=shared if "val" in cached_splits else None, boundary=boundary,
-                         partition=partition, device=dev, amp=amp, cache_key="val")
-        curve.append(score)
-        set_modes(work, sel, partition)
-        bar.set_postfix(val=f"{score:.3f}")
-        if callback is not None:
-            callback(epoch, score)
-        if checkpoint is not None:
-            checkpoint(capture(work, sel, partition, optimizer, scheduler, gen, epoch=epoch + 1, curve=curve, train_loss=losses,
-                               seen=seen, step_time=step_time))
-    bar.close()
+    trainable = [p for p in work.parameters() if p.requires_grad]
+    try:
+        for epoch in range(done, epochs):
+            perm = torch.randperm(n, generator=gen)
+            total, count = 0.0, 0
+            epoch_start = time.perf_counter()
+            for s in range(0, n, batch_size):
+                idx = perm[s : s + batch_size]
+                y = task.train.targets[idx].to(dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    if "train" in cached_splits:
+                        rows = idx
+                        if shared.views > 1:
+                            rows = idx + n * torch.randint(shared.views, (len(idx),), generator=gen)
+                        out = shared.run(work, "train", boundary, rows)
+                    else:
+                        x = take(task.train.inputs, idx)
+                        if augmented:
+                            x = task.train_transform(x)
+                        out = work(to_device(x, dev, channels_last=dev.type == "cuda"))
+                    loss = loss_fn(out.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"The training loss became {value} at epoch {epoch + 1} (step "
+                                           f"{s // batch_size + 1}) of {_label(sel)}; lower the learning rate "
+                                           f"(lr={lr:g}) or check the inputs.")
+                total += value * len(idx)
+                count += len(idx)
+                bar.update(1)
+            step_time += time.perf_counter() - epoch_start
+            if not all(bool(torch.isfinite(p).all()) for p in trainable):
+                raise TrainingDiverged(f"The tuned parameters of {_label(sel)} became NaN/Inf at epoch {epoch + 1}; "
+                                       f"lower the learning rate (lr={lr:g}).")
+            seen += count
+            losses.append(total / count)
+            score = evaluate(work, task.val, cache=shared if "val" in cached_splits else None, boundary=boundary,
+                             partition=partition, device=dev, amp=amp, cache_key="val")
+            curve.append(score)
+            set_modes(work, sel, partition)
+            bar.set_postfix(val=f"{score:.3f}")
+            if callback is not None:
+                callback(epoch, score)
+            if checkpoint is not None:
+                checkpoint(capture(work, sel, partition, optimizer, scheduler, gen, epoch=epoch + 1, curve=curve, train_loss=losses,
+                                   seen=seen, step_time=step_time))
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrialOutOfMemory(
+            f"Out of device memory training {_label(sel)} (batch_size={batch_size}): {exc}. Lower batch_size, keep "
+            "the prefix cache off the GPU (MemoryBudget(gpu=0)), or run fewer trials per GPU (RayBackend "
+            "resources_per_trial={'gpu': …}).") from exc
+    finally:
+        bar.close()
     return FitResult(
         selection=sel,
         score=curve[-1],
