@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "dumps", "jsonable", "load_tensors", "read_json", "save_tensors", "tensor_checksum",
+__all__ = ["atomic_write", "dumps", "jsonable", "load_tensors", "read_artifact", "read_json", "save_tensors", "tensor_checksum",
            "write_json"]
 
 
@@ -137,3 +137,15 @@ def load_tensors(path: str | Path, *, checksums: dict[str, str] | None, what: st
             raise WeightsError(f"{path}: tensors {bad[:5]} do not match their checksums; the file was modified or "
                                "damaged after autosub wrote it.")
     return tensors
+
+
+def read_artifact(path: str | Path, build: Any, *, what: str, required: tuple[str, ...] = ()) -> Any:
+    """``build(read_json(path))`` for a JSON artifact (a profile, a greedy result); a field of the wrong type or
+    value raises the same clear ``WeightsError`` as a corrupt file."""
+    from .errors import WeightsError
+
+    data = read_json(path, what=what, required=required)
+    try:
+        return build(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{path} is not a valid {what}: {type(exc).__name__}: {exc}.") from exc

@@ -157,3 +157,14 @@ def test_all_pairs_on_the_oracle_and_the_cache_changes_no_score(oracle):
     without = [p.mean for p in cached.pairs if model.oracle_block not in p.selection]
     assert min(with_oracle) > max(without)
     assert task.test.reads == []
+
+
+def test_a_damaged_profile_file_fails_with_a_clear_error(tmp_path):
+    from autosub.errors import WeightsError
+
+    (tmp_path / "p.json").write_text('{"entries": [{"selection": [0]')
+    with pytest.raises(WeightsError, match="not valid JSON"):
+        Profile.load(tmp_path / "p.json")
+    (tmp_path / "p.json").write_text('{"entries": [{"selection": [0]}]}')
+    with pytest.raises(WeightsError, match="not a valid profile: KeyError"):
+        Profile.load(tmp_path / "p.json")

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import read_json, write_json
+from .._io import read_artifact, write_json
 from .._version import __version__
 from ..data.task import Split, Task, concat_splits
-from ..errors import ConfigError, DataError, WeightsError, check_positive
+from ..errors import ConfigError, DataError, check_positive
 from ..model.blocks import Partition
 from ..model.subtune import normalize_blocks
 from ..training.cache import ActivationCache
@@ -122,11 +122,8 @@ class GreedyResult:
     @classmethod
     def load(cls, path: str | Path) -> "GreedyResult":
         """Read a saved greedy result; a truncated, corrupt or newer-version file raises a clear WeightsError."""
-        data = read_json(path, what="greedy result", required=("selection", "score", "path", "start_score", "stop_reason"))
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"{path} is not a valid greedy result: {type(exc).__name__}: {exc}.") from exc
+        return read_artifact(path, cls.from_dict, what="greedy result",
+                             required=("selection", "score", "path", "start_score", "stop_reason"))
 
 
 def greedy(

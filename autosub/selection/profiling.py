@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import read_json, write_json
+from .._io import read_artifact, write_json
 from .._version import __version__
 from ..data.task import Task
-from ..errors import ConfigError, WeightsError, check_positive
+from ..errors import ConfigError, check_positive
 from ..model.blocks import Partition
 from ..model.cost import try_count_flops
 from ..model.subtune import FULL, Selection, normalize_blocks
@@ -162,11 +162,7 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         """Read a saved profile; a truncated, corrupt or newer-version file raises a clear WeightsError."""
-        data = read_json(path, what="profile", required=("entries",))
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"{path} is not a valid profile: {type(exc).__name__}: {exc}.") from exc
+        return read_artifact(path, cls.from_dict, what="profile", required=("entries",))
 
 
 def profile(
