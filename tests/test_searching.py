@@ -270,3 +270,38 @@ def test_a_block_override_on_a_backbone_no_rule_discovers(tmp_path):
     back = SearchResult.load(res.save(tmp_path / "result")).to_model(backbone)  # the override travels with it
     with torch.no_grad():
         torch.testing.assert_close(back(x[:5]), res.model(x[:5]))
+
+
+def test_cross_validated_trials_score_the_mean_over_folds_from_one_cache(model, task, tmp_path, monkeypatch):
+    from autosub.training import setup as setup_module
+
+    fills = []
+    real = setup_module.ActivationCache.ensure
+
+    def counting(self, boundaries, splits=None):
+        fills.append(tuple(splits or ()))
+        return real(self, boundaries, splits)
+
+    monkeypatch.setattr(setup_module.ActivationCache, "ensure", counting)
+    res = search(model, task, 2, run_dir=tmp_path, training={"cv_folds": 3}, **fast(epochs=2))
+    done = [r for r in res.records if r.state == "COMPLETE"]
+    assert len(done) == 2
+    for r in done:
+        folds = r.user_attrs["fold_scores"]
+        assert len(folds) == 3 and r.values[0] == pytest.approx(sum(folds) / 3)
+        assert r.intermediate == {}  # cross-validated trials are not pruned mid-way
+    assert fills[0] == ("all",)  # one cache over train+val merged serves every fold
+    unc = res.config["uncertainty"]
+    assert unc["fold_scores"] == next(r for r in done if r.number == res.best_trial).user_attrs["fold_scores"]
+    assert res.config["cv_folds"] == 3 and res.model is not None
+
+
+def test_ties_go_to_the_cheaper_selection():
+    from autosub.hpo.result import TrialRecord
+    from autosub.hpo.searching import _preference
+
+    def rec(n, score, params, cost):
+        return TrialRecord(n, "COMPLETE", [score], {}, (n,), user_attrs={"trainable_params": params, "added_cost": cost})
+
+    recs = [rec(0, 0.9, 5000, 0.5), rec(1, 0.9, 800, 0.6), rec(2, 0.9, 800, 0.2), rec(3, 0.85, 10, 0.0)]
+    assert max(recs, key=_preference).number == 2

@@ -26,6 +26,9 @@ class TrainingConfig:
         amp: bfloat16 autocast; ``None`` = on for CUDA.
         memory: a :class:`~autosub.MemoryBudget` for the prefix cache tiers (GPU / RAM / disk).
         retrain: retrain the best configuration on train + val at the end (default: keep the best trial's model).
+        cv_folds: score every trial by stratified k-fold cross-validation over train + val (for small data, where
+            a validation split of a few dozen examples scores in coarse steps and ties); one prefix cache serves
+            every fold. None: the validation split.
     """
 
     batch_size: int = 32
@@ -33,6 +36,7 @@ class TrainingConfig:
     amp: bool | None = None
     memory: MemoryBudget | None = None
     retrain: bool = False
+    cv_folds: int | None = None
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size, "TrainingConfig", integer=True)
@@ -43,6 +47,10 @@ class TrainingConfig:
                               f"{type(self.memory).__name__} instead.")
         if not isinstance(self.retrain, bool):
             raise ConfigError(f"The 'retrain' parameter of TrainingConfig must be a bool; got {self.retrain!r}.")
+        if self.cv_folds is not None and (isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int)
+                                          or self.cv_folds < 2):
+            raise ConfigError(f"The 'cv_folds' parameter of TrainingConfig must be None or an int >= 2; got "
+                              f"{self.cv_folds!r} instead.")
         if self.device is not None and not isinstance(self.device, (str, torch.device)):
             raise ConfigError(f"The 'device' parameter of TrainingConfig must be None, a str or a torch.device; got "
                               f"{self.device!r} instead.")

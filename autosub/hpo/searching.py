@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,7 +31,8 @@ from ..model.cost import try_count_flops
 from ..model.subtune import tuned_tensors
 from ..selection.profiling import profile as run_profile
 from ..training.cache import ActivationCache
-from ..training.setup import BlocksSpec, Setup, blocks_spec, prepare, with_head
+from ..training.folds import CacheView, cv_folds_of, holdout_rows
+from ..training.setup import BlocksSpec, Setup, blocks_spec, build_cache, prepare, with_head
 from ..training.trainer import evaluate, fit
 from .budget import Budget, Meter
 from .config import RunConfig, TrainingConfig, as_config
@@ -206,8 +207,9 @@ class _State:
     bound: BoundSpace
     engine: Any
     saved: dict[str, Any]  # what an earlier run of this study persisted (resume)
-    cache: ActivationCache | None
+    cache: ActivationCache | None  # over train/val (a CacheView of the merged split under cross-validation)
     meter: Meter
+    folds: list[tuple[Task, ActivationCache | None]] = field(default_factory=list)  # cross-validation only
 
 
 def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _State:
@@ -229,8 +231,7 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
     meter = Meter(plan.budget.epoch_seconds)
     t0 = time.perf_counter()
     boundaries = list(range(len(part))) + ([len(part)] if bound.min_blocks == 0 else [])
-    cache = setup.cache(boundaries, batch_size=plan.training.batch_size, memory=plan.training.memory,
-                        progress=plan.run.progress)
+    cache, folds = _caches(plan, setup, boundaries)
     meter.add_phase("cache", time.perf_counter() - t0)
     if meter.epoch_seconds is None:
         t0 = time.perf_counter()
@@ -238,7 +239,21 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
             setup.work, setup.view, batch_size=plan.training.batch_size, device=dev, amp=plan.training.amp)
         meter.add_phase("calibration", time.perf_counter() - t0)
     log.info("one full-finetune epoch ≈ %.2fs (the unit of compute)", meter.epoch_seconds)
-    return _State(setup=setup, bound=bound, engine=engine, saved=saved, cache=cache, meter=meter)
+    return _State(setup=setup, bound=bound, engine=engine, saved=saved, cache=cache, meter=meter, folds=folds)
+
+
+def _caches(plan: _Plan, setup: Setup, boundaries: list[int]) -> tuple[Any, list[tuple[Task, Any]]]:
+    """ONE prefix cache at every boundary: over train/val, or (cross-validation) over train+val merged, which every
+    fold and the final model read through views — k folds cost one prefix pass."""
+    tr = plan.training
+    if not tr.cv_folds:
+        return setup.cache(boundaries, batch_size=tr.batch_size, memory=tr.memory, progress=plan.run.progress), []
+    merged, splits = cv_folds_of(setup.view, tr.cv_folds, seed=plan.seed)
+    base = build_cache(setup.work, setup.partition, {"all": merged}, boundaries, device=setup.device,
+                       batch_size=tr.batch_size, memory=tr.memory, progress=plan.run.progress)
+    augmented = setup.view.train_transform is not None
+    view = lambda rows: CacheView(base, rows, augmented=augmented) if base is not None else None  # noqa: E731
+    return view(holdout_rows(setup.view)), [(fold, view(rows)) for fold, rows in splits]
 
 
 def measure_epoch_seconds(work: nn.Module, task: Task, partition: Any = None, *, batch_size: int,
@@ -314,23 +329,34 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
                           directions=tuple(plan.directions), n_trials=plan.budget.trials,
                           fit_defaults={"batch_size": tr.batch_size})
 
+    def train(data: Task, cache: Any, cand: Candidate, **hooks: Any) -> Any:
+        return fit(setup.model, data, cand.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
+                   weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None,
+                   batch_size=tr.batch_size, seed=plan.seed, device=setup.device, amp=tr.amp,
+                   cache=cache if cache is not None else False, keep_model=True, **hooks)
+
     def run_trial(cand: Candidate, report: Callable[[int, float], None] | None, *, resume: Any = None,
                   checkpoint: Callable[[Any], None] | None = None) -> TrialOutcome:
-        res = fit(setup.model, setup.view, cand.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
-                  weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None,
-                  batch_size=tr.batch_size, seed=plan.seed, device=setup.device, amp=tr.amp,
-                  cache=state.cache if state.cache is not None else False, callback=report, checkpoint=checkpoint,
-                  resume=resume, keep_model=True)
-        values = [res.score] + [bound.added_cost(res.selection) if o == "cost" else float(res.trainable_params)
-                                for o in plan.objectives[1:]]
+        if state.folds:  # cross-validation: the mean over folds (no per-epoch pruning, no mid-trial resume)
+            runs = [train(fold, cache, cand) for fold, cache in state.folds]
+            res, model, score = runs[0], None, float(sum(r.score for r in runs) / len(runs))
+            fold_scores = [float(r.score) for r in runs]
+        else:
+            res = train(setup.view, state.cache, cand, callback=report, checkpoint=checkpoint, resume=resume)
+            model, score, fold_scores = res.model, float(res.score), None
+        values = [score] + [bound.added_cost(res.selection) if o == "cost" else float(res.trainable_params)
+                            for o in plan.objectives[1:]]
         attrs = {"curve": res.curve, "train_loss": res.train_loss, "trainable_params": res.trainable_params,
                  "examples_per_s": res.examples_per_s}
+        if fold_scores is not None:
+            attrs.update(fold_scores=fold_scores, cv_std=float(torch.tensor(fold_scores).std(unbiased=True)))
         if res.resumed_from:
             attrs["resumed_from_epoch"] = res.resumed_from
-        return TrialOutcome(values, attrs, res.model)
+        return TrialOutcome(values, attrs, model)
 
+    pruner = None if state.folds else plan.pruner  # cross-validated trials report once, at the end
     job = Job(space=bound, selector=plan.selector, context=ctx, run_trial=run_trial, budget=plan.budget,
-              meter=state.meter, objectives=plan.objectives, pruner=plan.pruner, progress=plan.run.progress,
+              meter=state.meter, objectives=plan.objectives, pruner=pruner, progress=plan.run.progress,
               callbacks=list(plan.run.callbacks),
               state={"space": plan.spec.to_dict(), "n_blocks": len(setup.partition),
                      "epoch_seconds": state.meter.epoch_seconds, "prior": the_prior.to_dict() if the_prior else None,
@@ -347,7 +373,7 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
     if not done:
         raise ConfigError(f"The search finished no trial (stopped by: {run.stop_reason}); raise the budget. "
                           f"Failures: {[r.user_attrs.get('fail_reason') for r in run.records if r.state == 'FAIL']}")
-    best = max(front if plan.multi else done, key=lambda r: (r.values[0], -r.number))
+    best = max(front if plan.multi else done, key=_preference)
     cand = state.bound.decode(best.params)
     t0 = time.perf_counter()
     final = _final_model(plan, state, run, best, cand)
@@ -360,6 +386,7 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
               "block_names": list(setup.partition.names), "blocks": blocks_spec(setup.partition),
               "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(setup.work, setup.partition),
               "retrained": tr.retrain, "budget": plan.budget.__dict__, "run": plan.run.to_dict(),
+              "cv_folds": tr.cv_folds, "uncertainty": _uncertainty(done, best, len(setup.view.val)),
               "task": {"train": len(task.train), "val": len(task.val), "test": n_test}}
     pareto = [{"number": r.number, "selection": list(r.selection or ()), "score": r.score,
                "added_cost": r.user_attrs.get("added_cost"), "trainable_params": r.user_attrs.get("trainable_params"),
@@ -373,6 +400,30 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
         objectives=plan.objectives, best_trial=best.number, study_name=run.study_name, storage=run.storage,
         run_dir=str(plan.run_path), prior=the_prior.to_dict() if the_prior else None, config=config,
         state=tuned_tensors(final, tuple(best.selection), setup.partition), study=run.study)
+
+
+def _preference(record: TrialRecord) -> tuple[float, ...]:
+    """Best score first; among equal scores (small validation sets score in coarse steps) the cheaper selection:
+    fewer trainable parameters, then lower added inference cost, then the earlier trial."""
+    u = record.user_attrs
+    params = u.get("trainable_params")
+    cost = u.get("added_cost")
+    return (float(record.values[0]), -float(params if params is not None else math.inf),
+            -float(cost if cost is not None else math.inf), -record.number)
+
+
+def _uncertainty(done: list[TrialRecord], best: TrialRecord, n_val: int) -> dict[str, Any]:
+    """How sure the choice is: the best trial's fold spread (cross-validation) and how many trials score within
+    one standard error of it (with a single validation split: within one binomial standard error)."""
+    u = best.user_attrs
+    folds = u.get("fold_scores")
+    score = float(best.values[0])
+    if folds:
+        se = float(u.get("cv_std", 0.0)) / math.sqrt(len(folds))
+    else:
+        se = math.sqrt(max(score * (1 - score), 1e-12) / max(1, n_val))
+    close = [r.number for r in done if r.number != best.number and float(r.values[0]) >= score - se]
+    return {"score_se": se, "fold_scores": folds, "within_one_se": close}
 
 
 def _final_model(plan: _Plan, state: _State, run: EngineRun, best: TrialRecord, cand: Candidate) -> nn.Module:

@@ -37,16 +37,17 @@ from tqdm.auto import tqdm
 
 from .._io import read_artifact, write_json
 from .._version import __version__
-from ..data.task import Split, Task, concat_splits
-from ..errors import ConfigError, DataError, check_positive
+from ..data.task import Task
+from ..errors import ConfigError, check_positive
 from ..model.blocks import Partition
 from ..model.subtune import normalize_blocks
 from ..training.cache import ActivationCache
+from ..training.folds import CacheView, cv_folds_of
 from ..training.setup import BlocksSpec, build_cache, check_task, prepare
 from ..training.trainer import fit
 from .profiling import candidates_arg
 
-__all__ = ["DIRECTIONS", "STOPPINGS", "GreedyResult", "GreedyStep", "cv_folds_of", "greedy", "greedy_search"]
+__all__ = ["DIRECTIONS", "STOPPINGS", "GreedyResult", "GreedyStep", "greedy", "greedy_search"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def greedy(
         base = build_cache(work, part, {"all": merged}, boundaries, device=dev, batch_size=batch_size,
                            progress=progress, cache=cache is not False and cache is not None)
         augmented = view.train_transform is not None
-        caches = [_FoldCache(base, r, augmented=augmented) if base is not None else None for _, r in split_rows]
+        caches = [CacheView(base, r, augmented=augmented) if base is not None else None for _, r in split_rows]
     else:
         folds = [view]
         caches = [run.cache(boundaries, batch_size=batch_size, progress=progress, cache=cache)]
@@ -268,60 +269,6 @@ def greedy_search(
                 break
     assert best is not None  # backward always reaches the cap; forward starts within it
     return best[0], best[1], path, start_score, reason
-
-
-def cv_folds_of(task: Task, folds: int, *, seed: int) -> tuple[Split, list[tuple[Task, dict[str, torch.Tensor]]]]:
-    """Stratified k-fold tasks over train+val merged (never test), each with its rows in the merged split."""
-    from sklearn.model_selection import StratifiedKFold
-
-    merged = concat_splits(task.train, task.val, name="all")
-    y = merged.targets.numpy()
-    counts = np.bincount(y, minlength=task.num_classes)
-    if counts[counts > 0].min() < folds:
-        raise DataError(f"cv_folds={folds} needs at least {folds} examples of every class in train+val; the rarest "
-                        f"class has {int(counts[counts > 0].min())}. Use fewer folds or collect more examples.")
-    out = []
-    for tr, va in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        rows = {"train": torch.as_tensor(np.sort(tr)), "val": torch.as_tensor(np.sort(va))}
-        fold = Task(train=merged.subset(rows["train"], name="train"), val=merged.subset(rows["val"], name="val"),
-                    num_classes=task.num_classes, test=None, kind=task.kind, train_transform=task.train_transform,
-                    meta=dict(task.meta))
-        out.append((fold, rows))
-    return merged, out
-
-
-class _FoldCache(ActivationCache):
-    """One fold's view of a cache over train+val merged: its "train"/"val" rows are rows of the merged split.
-
-    It holds no storage and skips ``ActivationCache.__init__``: the split-dependent methods re-index ``base``;
-    everything else (verdicts, stand-in, views, budget) is read from ``base``.
-    """
-
-    def __init__(self, base: ActivationCache, rows: dict[str, torch.Tensor], *, augmented: bool) -> None:
-        self.base = base
-        self._map = {k: v for k, v in rows.items() if not (augmented and k == "train")}
-
-    def __getattr__(self, name: str):
-        if name in ("base", "_map"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def has(self, split: str, boundary: int) -> bool:
-        return split in self._map and self.base.has("all", boundary)
-
-    def rows(self, split: str) -> int:
-        return len(self._map[split])
-
-    def ensure(self, boundaries, splits=None) -> list[int]:
-        names = list(splits or self._map)
-        got = self.base.ensure(boundaries, ["all"])
-        return [b for b in got if all(n in self._map for n in names)]
-
-    def batch(self, split: str, boundary: int, index: torch.Tensor):
-        return self.base.batch("all", boundary, self._map[split][index])
-
-    def run(self, model: nn.Module, split: str, boundary: int, rows: torch.Tensor):
-        return self.base.run(model, "all", boundary, self._map[split][rows])
 
 
 def _move(current: Subset, block: int, forward: bool) -> Subset:
