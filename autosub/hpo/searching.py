@@ -23,7 +23,8 @@ from torch import nn
 from ..model.blocks import discover_blocks
 from ..data.task import Split, Task, take
 from ..data.sources import as_task
-from .engines import Job, TrialOutcome, check_backend, get_engine
+from .backends import Backend, resolve_backend
+from .engines import Job, TrialOutcome
 from ..errors import ConfigError, check_positive
 from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint, tuned_state
 from .selectors import BaseSelector, Prior, SelectorContext, get_selector
@@ -43,7 +44,7 @@ def search(
     *,
     selector: str | BaseSelector = "tpe",
     space: str | SearchSpace = "subset",
-    backend: str = "optuna",
+    backend: str | Backend = "optuna",
     prior: Any = "profile",
     objectives: Sequence[str] = ("score",),
     pruner: Any = "auto",
@@ -57,9 +58,6 @@ def search(
     device: str | torch.device | None = None,
     progress: bool = True,
     callbacks: Sequence[Callable[[TrialRecord, Any], None]] = (),
-    resources_per_trial: dict[str, float] | None = None,
-    address: str | None = None,
-    max_failures: int | None = None,
     **fit_kwargs: Any,
 ) -> SearchResult:
     """Search which blocks of ``model`` to finetune (and with which learning rate) on ``dataset`` within ``budget``.
@@ -71,9 +69,9 @@ def search(
     ``storage``: None → ``sqlite:///<run_dir>/study.db``; any Optuna URL; a journal file path; ``resume=True``
     continues the study named ``study_name``. ``fit_kwargs``: ``batch_size``, ``amp``, ``memory`` (a MemoryBudget
     for the prefix cache). ``callbacks`` are called as ``cb(record, model_or_None)`` after each trial, outside
-    the budget's clock. ``backend="ray"`` only: ``resources_per_trial`` (e.g. ``{"cpu": 1, "gpu": 0.25}``),
-    ``address`` (None, ``"auto"``, ``"ray://host:port"``) and ``max_failures`` (retries of a trial whose worker
-    died, from its last epoch checkpoint; default 2) — see :mod:`autosub.engines.ray`.
+    the budget's clock. ``backend``: ``"optuna"`` (in process), ``"ray"`` or a backend object such as
+    ``autosub.RayBackend(address="auto", resources_per_trial={"cpu": 1, "gpu": 0.25}, max_failures=2,
+    max_concurrent_trials=None)`` — see :mod:`autosub.hpo.backends`.
     """
     from ..selection.profiling import profile as run_profile, selection_view
     from ..training.trainer import check_task, fit, resolve_device
@@ -84,7 +82,7 @@ def search(
     spec = SearchSpace.of(space)
     if spec.kind not in sel.kinds:
         raise ConfigError(f"The {sel.name!r} selector works on the {list(sel.kinds)} space(s); got space={spec.kind!r}.")
-    backend = check_backend(backend)
+    backend = resolve_backend(backend)
     objectives = _check_objectives(objectives)
     multi = len(objectives) > 1
     if multi and pruner not in ("auto", None, "none"):
@@ -109,12 +107,8 @@ def search(
         raise ConfigError(f"The 'study_name' parameter of search must be a non-empty str; got {study_name!r}.")
     run_path = Path(run_dir) if run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
     directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
-    ray_opts = {k: v for k, v in (("resources_per_trial", resources_per_trial), ("address", address),
-                                  ("max_failures", max_failures)) if v is not None}
-    if ray_opts and backend != "ray":
-        raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={backend!r}.")
-    engine = get_engine(backend)(storage=storage, study_name=study_name, run_dir=run_path, resume=resume,
-                                 directions=directions, seed=seed, **ray_opts)
+    engine = backend.engine(storage=storage, study_name=study_name, run_dir=run_path, resume=resume,
+                            directions=directions, seed=seed)
     task = as_task(dataset)
     view = selection_view(task)  # the only task the search ever sees: no test split
 
@@ -208,7 +202,7 @@ def search(
     test_score, n_test = _test_score(final, task, dev)
     spent = {**meter.report(), "stop_reason": run.stop_reason}
     hparams = {**cand.hparams(), "epochs": epochs, "batch_size": batch_size, "seed": seed}
-    config = {"space": spec.to_dict(), "selector": sel.describe(), "backend": backend, "epochs": epochs,
+    config = {"space": spec.to_dict(), "selector": sel.describe(), "backend": backend.name, "epochs": epochs,
               "seed": seed, "batch_size": batch_size, "model": type(model).__name__, "block_names": list(partition.names),
               "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(model, discover_blocks(model)),
               "retrained": bool(retrain), "budget": budget.__dict__,
