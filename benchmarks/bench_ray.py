@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
 from autosub.data.task import Split, Task  # noqa: E402
+from autosub.hpo.backends import RayBackend  # noqa: E402
 from autosub.hpo.searching import search  # noqa: E402
 from autosub.hpo.budget import Budget  # noqa: E402
 from autosub.hpo.space import SearchSpace  # noqa: E402
@@ -104,7 +105,7 @@ def paced_fit(*args, **kwargs):
     return _REAL_FIT(*args, **kwargs)
 
 
-def run(model, task, trials: int, backend: str, *, paced: bool = False, **kw) -> dict:
+def run(model, task, trials: int, backend: str | RayBackend, *, paced: bool = False) -> dict:
     """One search; its wall time and its trial window (first trial asked → last trial finished)."""
     global _REAL_FIT
     import autosub.training.trainer
@@ -115,8 +116,7 @@ def run(model, task, trials: int, backend: str, *, paced: bool = False, **kw) ->
     t0 = time.perf_counter()
     try:
         res = search(model, task, Budget(trials=trials), backend=backend, prior=None, pruner=None, epochs=2, seed=0,
-                     progress=False, space=SearchSpace(max_blocks=3), run_dir=tempfile.mkdtemp(prefix="asb-run"),
-                     **kw)
+                     progress=False, space=SearchSpace(max_blocks=3), run_dir=tempfile.mkdtemp(prefix="asb-run"))
     finally:
         autosub.training.trainer.fit = _REAL_FIT
     wall = time.perf_counter() - t0
@@ -159,9 +159,9 @@ def main() -> None:
         address, groups = start_cluster(nodes, args.port + nodes)
         started = time.perf_counter() - t0
         try:
-            opts = {"address": address, "resources_per_trial": {"cpu": 1}}
-            rows[f"ray {nodes}x1"] = {**run(model, task, trials, "ray", **opts), "cluster_start_s": round(started, 2)}
-            rows[f"ray {nodes}x1 idle"] = run(model, tiny, trials, "ray", paced=True, **opts)
+            ray_backend = RayBackend(address=address, resources_per_trial={"cpu": 1})
+            rows[f"ray {nodes}x1"] = {**run(model, task, trials, ray_backend), "cluster_start_s": round(started, 2)}
+            rows[f"ray {nodes}x1 idle"] = run(model, tiny, trials, ray_backend, paced=True)
         finally:
             stop_cluster(groups)
         log.info("ray %dx1: %s / idle-CPU trials: %s", nodes, rows[f"ray {nodes}x1"], rows[f"ray {nodes}x1 idle"])

@@ -1,6 +1,6 @@
 """Fractional GPUs: aggregate training examples/s with 1, 2 and 4 concurrent trials on one GPU, through backend="ray".
 
-For k in (1, 2, 4) it runs ``autosub.search(..., backend="ray", resources_per_trial={"cpu": 1, "gpu": 1/k})``
+For k in (1, 2, 4) it runs ``autosub.search(..., backend=RayBackend(resources_per_trial={"cpu": 1, "gpu": 1/k}))``
 with a budget of k trials, so k trials share the GPU at once: ResNet-50 (untrained — speed does not depend on
 the weights), all 16 blocks + head finetuned (the stem stays frozen, as SubTuning leaves it), batch 32, 224 px
 synthetic images, bf16 autocast, no prefix cache, no pruning. Every trial records when each epoch ended; the
@@ -155,6 +155,7 @@ def main() -> None:
     import timm
 
     from autosub import MemoryBudget, discover_blocks, fit
+    from autosub.hpo.backends import RayBackend
     from autosub.hpo.searching import search
     from autosub.hpo.budget import Budget
     from autosub.hpo.space import SearchSpace
@@ -176,9 +177,10 @@ def main() -> None:
     log.info("plain fit (no Ray): %.0f img/s", plain.examples_per_s)
     for k in [int(v) for v in args.trials.split(",")]:
         t0 = time.perf_counter()
-        res = search(model, task, Budget(trials=k, epoch_seconds=1.0), backend="ray", prior=None, pruner=None,
+        res = search(model, task, Budget(trials=k, epoch_seconds=1.0), prior=None, pruner=None,
+                     backend=RayBackend(resources_per_trial={"cpu": 1, "gpu": 1 / k}),
                      epochs=epochs, batch_size=32, seed=0, progress=False, device="cuda",
-                     memory=MemoryBudget(gpu=0, ram=0, disk=0), resources_per_trial={"cpu": 1, "gpu": 1 / k},
+                     memory=MemoryBudget(gpu=0, ram=0, disk=0),
                      space=SearchSpace(min_blocks=blocks, max_blocks=blocks), run_dir=tempfile.mkdtemp(prefix="gp"))
         done = [r for r in res.records if r.state == "COMPLETE"]
         rate, window = aggregate(done, n)

@@ -44,7 +44,8 @@ def cluster():
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     tmp = tempfile.mkdtemp(prefix="asray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    env = {**os.environ, **ENV}
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **ENV, "PYTHONPATH": path}  # the cluster and the driver scripts import this checkout
     port, client_port = _free_port(6391), _free_port(26001)  # not 23000-23999: Ray Client's per-client servers
     address = f"127.0.0.2:{port}"
     head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats",
@@ -95,12 +96,13 @@ def task():
 @pytest.fixture(scope="module")
 def ray_result(cluster, model, task, tmp_path_factory):
     """One search on the two-node cluster through address="auto"."""
+    from autosub.hpo.backends import RayBackend
     from autosub.hpo.searching import search
     from autosub.hpo.space import SearchSpace
 
     run_dir = tmp_path_factory.mktemp("ray-run")
-    res = search(model, task, 6, backend="ray", address="auto", run_dir=run_dir, space=SearchSpace(max_blocks=2),
-                 resources_per_trial={"cpu": 1}, **SMALL)
+    res = search(model, task, 6, backend=RayBackend(address="auto", resources_per_trial={"cpu": 1}), run_dir=run_dir,
+                 space=SearchSpace(max_blocks=2), **SMALL)
     return res, run_dir
 
 
@@ -166,6 +168,7 @@ DRIVER = textwrap.dedent("""
     import timm, torch
     import autosub.training.trainer
     from conftest import make_image_task
+    from autosub.hpo.backends import RayBackend
     from autosub.hpo.searching import search
     from autosub.hpo.space import SearchSpace
 
@@ -188,9 +191,9 @@ DRIVER = textwrap.dedent("""
     autosub.training.trainer.fit = paced
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
-    res = search(model, make_image_task(n=64, px=16), 8, backend="ray", address="auto", run_dir={run_dir!r},
-                 resume=sys.argv[1] == "resume", space=SearchSpace(max_blocks=2), epochs=2, prior=None,
-                 progress=False, seed=0, max_failures=1)
+    res = search(model, make_image_task(n=64, px=16), 8, backend=RayBackend(address="auto", max_failures=1),
+                 run_dir={run_dir!r}, resume=sys.argv[1] == "resume", space=SearchSpace(max_blocks=2), epochs=2,
+                 prior=None, progress=False, seed=0)
     print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "selection": list(res.selection)}}))
 """)
 
@@ -249,8 +252,12 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     assert len(ran) == 8 and out["stop"].startswith("trials")  # ... and the search completed its budget
     import optuna
 
-    trials = optuna.load_study(study_name="autosub", storage=f"sqlite:///{db}").trials
-    failed = [t.user_attrs.get("fail_reason", "") for t in trials if t.state.name == "FAIL"]
+    from autosub.hpo.engines._study import FAIL_KEY
+
+    study = optuna.load_study(study_name="autosub", storage=f"sqlite:///{db}")
+    trials = study.trials
+    failed = [t.user_attrs.get("fail_reason") or study.user_attrs.get(f"{FAIL_KEY}{t.number}", "")  # lost: by number
+              for t in trials if t.state.name == "FAIL"]
     assert marker.exists() and all(r.startswith("lost") for r in failed)  # the dead worker's trial was retried ...
     resumed = [t for t in trials if t.user_attrs.get("resumed_from_epoch")]
     table = [(t.number, t.state.name, t.user_attrs.get("fail_reason"), t.user_attrs.get("retry_of"),
@@ -265,11 +272,12 @@ CLIENT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import timm, torch
     from conftest import make_image_task
+    from autosub.hpo.backends import RayBackend
     from autosub.hpo.searching import search
     from autosub.hpo.space import SearchSpace
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
-    res = search(model, make_image_task(n=64, px=16), 4, backend="ray", address={address!r}, run_dir={run_dir!r},
+    res = search(model, make_image_task(n=64, px=16), 4, backend=RayBackend(address={address!r}), run_dir={run_dir!r},
                  space=SearchSpace(max_blocks=2), epochs=2, prior=None, progress=False, seed=0)
     print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "backend": res.config["backend"],
                                   "states": [r.state for r in res.records], "driver": os.getpid(),
@@ -331,51 +339,103 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_import_autosub_does_not_import_ray():
     p = _python("""
         import sys, autosub, autosub.hpo.searching, autosub.hpo.engines, autosub.hpo.engines.optuna
+        from autosub.hpo.backends import RayBackend, resolve_backend
+        resolve_backend("optuna"), RayBackend(address="auto")
         assert autosub.hpo.searching and "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))
     """)
     assert p.returncode == 0, p.stderr
 
 
-def test_backend_ray_without_ray_says_how_to_install_it_before_any_work():
-    p = _python("""
-        import sys
-        sys.modules["ray"] = None  # as if ray were not installed
-        from autosub.hpo.engines import get_engine
-        from autosub.errors import MissingDependencyError
-        from autosub.hpo.searching import search
-        for call in (lambda: get_engine("ray"), lambda: search(None, None, 3, backend="ray", run_dir="/nonexistent")):
-            try:
-                call()
-            except MissingDependencyError as exc:
-                assert "pip install 'autosub[ray]'" in str(exc), exc
-            else:
-                raise SystemExit("no error")
-    """)
-    assert p.returncode == 0, p.stderr + p.stdout
-
-
-def test_ray_options_are_checked_before_any_work(model, task, tmp_path):
-    from autosub.errors import ConfigError
-    from autosub.hpo.searching import search
-
-    with pytest.raises(ConfigError, match="only to backend='ray'"):
-        search(model, task, 2, address="auto", run_dir=tmp_path, **SMALL)
-    with pytest.raises(ConfigError, match=r"\['max_failures'\] apply only to backend='ray'"):
-        search(model, task, 2, max_failures=1, run_dir=tmp_path, **SMALL)
-    with pytest.raises(ConfigError, match="'max_failures' parameter of search must be an int >= 0"):
-        search(model, task, 2, backend="ray", max_failures=-1, run_dir=tmp_path, **SMALL)
-    with pytest.raises(ConfigError, match="resources_per_trial"):
-        search(model, task, 2, backend="ray", resources_per_trial={"gpu": -1}, run_dir=tmp_path, **SMALL)
-    with pytest.raises(ConfigError, match="fractional 'gpu'"):
-        search(model, task, 2, backend="ray", resources_per_trial={"cpu": 1, "gpu": 1.5}, run_dir=tmp_path,
-               **SMALL)
-
-
 def test_a_trial_that_fits_no_node_fails_before_any_work(cluster, model, task, tmp_path):
     from autosub.errors import ConfigError
+    from autosub.hpo.backends import RayBackend
     from autosub.hpo.searching import search
 
-    with pytest.raises(ConfigError, match="No trial fits the Ray cluster"):
-        search(model, task, 2, backend="ray", address="auto", resources_per_trial={"cpu": 1, "gpu": 0.5},
-               run_dir=tmp_path, **SMALL)
+    for cap in (None, 1):  # a given max_concurrent_trials does not skip the check
+        with pytest.raises(ConfigError, match="No trial fits the Ray cluster"):
+            search(model, task, 2, backend=RayBackend(address="auto", resources_per_trial={"cpu": 1, "gpu": 0.5},
+                                                      max_concurrent_trials=cap), run_dir=tmp_path, **SMALL)
     assert not (tmp_path / "ray").exists()  # nothing ran
+
+
+def test_max_concurrent_trials_reaches_tune_and_an_optuna_pruner_gives_way_to_asha(cluster, model, task, tmp_path,
+                                                                                   monkeypatch, caplog):
+    import logging
+
+    import optuna
+    from ray import tune
+
+    from autosub.hpo.backends import RayBackend
+    from autosub.hpo.searching import search
+
+    configs, real = [], tune.TuneConfig
+
+    def spy(**kw):
+        configs.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(tune, "TuneConfig", spy)
+    with caplog.at_level(logging.WARNING, logger="autosub"):
+        res = search(model, task, 2, backend=RayBackend(address="auto", max_concurrent_trials=1),
+                     pruner=optuna.pruners.MedianPruner(), run_dir=tmp_path, **SMALL)
+    assert [c["max_concurrent_trials"] for c in configs] == [1] and configs[0]["num_samples"] == 2
+    assert isinstance(configs[0]["scheduler"], tune.schedulers.ASHAScheduler)
+    assert "ASHA" in caplog.text and "MedianPruner" in caplog.text
+    assert len([r for r in res.records if r.state in ("COMPLETE", "PRUNED")]) == 2
+
+
+# --------------------------------------------------------------------------- the searcher, without a cluster
+def _searcher(tmp_path, experiment="e"):
+    import optuna
+
+    from autosub.hpo.budget import Budget, Meter
+    from autosub.hpo.engines import Job, StudyStore, TrialOutcome
+    from autosub.hpo.engines.ray_search import SelectorSearcher
+    from autosub.hpo.selectors import RandomSelector, SelectorContext
+    from autosub.hpo.space import SearchSpace
+
+    bound = SearchSpace(max_blocks=2).bind([100] * 4)
+    ctx = SelectorContext(space=bound, seed=0, epochs=2)
+    job = Job(space=bound, selector=RandomSelector(), context=ctx, run_trial=lambda *a, **k: TrialOutcome([0.0], {}),
+              budget=Budget(trials=3), meter=Meter(1.0), objectives=("score",), progress=False)
+    store = StudyStore(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", run_dir=tmp_path,
+                       resume=(tmp_path / "s.db").exists(), directions=["maximize"])
+    book = store.open(job, sampler=job.selector.sampler(ctx), pruner=optuna.pruners.NopPruner())
+    return SelectorSearcher(key=str(tmp_path), book=book, budget=job.budget, meter=job.meter, experiment=experiment)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_searcher_saves_json_and_after_a_restore_settles_the_trials_the_dead_driver_held(tmp_path):
+    from autosub.errors import SearchAborted
+    from autosub.hpo.engines.ray_search import started
+
+    first = _searcher(tmp_path)
+    a, b = first.suggest("tune-a"), first.suggest("tune-b")  # two trials run ...
+    first.on_trial_result("tune-a", {"epoch": 1, "score": 0.4, "final": False})
+    first.save(str(tmp_path / "searcher.json"))  # ... Tune snapshots the searcher ...
+    first.suggest("tune-c")  # ... one more starts, then the driver dies with all three running
+    state = json.loads((tmp_path / "searcher.json").read_text())  # JSON, never a pickle
+    assert state["numbers"] == {"tune-a": a["number"], "tune-b": b["number"]}
+
+    second = _searcher(tmp_path)
+    second.restore(str(tmp_path / "searcher.json"))
+    second.on_trial_complete("tune-a", {"final": True, "values": [0.7], "score": 0.7, "epoch": 2,
+                                        "attrs": json.dumps({"curve": [0.4, 0.7], "resumed_from_epoch": 1})})
+    records = second.book.records()
+    lost = {r.number: r.user_attrs["fail_reason"] for r in records if r.state == "FAIL"}
+    assert set(lost) == {a["number"], 2} and all(v.startswith("lost") for v in lost.values())
+    done = [r for r in records if r.state == "COMPLETE"]
+    assert len(done) == 1 and done[0].retry_of == a["number"] and done[0].values == [0.7]  # Tune continued it
+    assert done[0].intermediate == {1: 0.4} and done[0].user_attrs["resumed_from_epoch"] == 1  # nothing lost
+    retries = [r for r in records if r.state == "WAITING"]
+    assert [r.retry_of for r in retries] == [2]  # Tune's snapshot never knew trial 2: re-enqueued
+    assert records[b["number"]].state == "RUNNING" and second.continued == {b["number"]: {}}  # Tune still runs it
+    assert started(records, "e") == 2  # trial 1 (running) and trial 0's run; the lost ones do not count
+    second.on_trial_complete("tune-a", {"final": True, "values": [0.7], "score": 0.7, "epoch": 2, "number": 0})
+    assert len(second.book.records()) == len(records)  # replayed: nothing recorded twice
+
+    import pickle
+
+    (tmp_path / "pickled").write_bytes(pickle.dumps({"numbers": {}}))  # the old format: refused, never loaded
+    with pytest.raises(SearchAborted, match="not the JSON"):
+        _searcher(tmp_path).restore(str(tmp_path / "pickled"))

@@ -167,3 +167,33 @@ def test_profile_top_k_trains_the_top_blocks_then_stops():
     out = run("profile-top-k", prior=Prior.of({b: GOOD.get(b, -0.02) for b in range(N)}, N), budget=20)
     assert [r.selection for r in out.records] == [(4,), (4, 5), (1, 4, 5)]
     assert out.stop_reason == "selector finished" and TopKSelector.needs_prior
+
+
+# ------------------------------------------------------------------------------------------- the contract
+def test_capabilities_are_declared_class_attributes():
+    for name in ("name", "kinds", "uses_prior", "needs_prior", "prunable", "samples"):
+        assert name in BaseSelector.__dict__, name  # declared (and documented) on the base
+    assert TPESelector.samples and not GreedySelector.samples and not TopKSelector.samples
+
+    class Adaptive(BaseSelector):  # overrides propose without saying: an adaptive plan waits, never samples
+        def propose(self, ctx, history):
+            return []
+
+    class Sampling(Adaptive):
+        samples = True
+
+    assert not Adaptive.samples and Sampling.samples
+    for hook in ("sampler", "initial", "propose", "describe"):
+        doc = getattr(BaseSelector, hook).__doc__
+        assert "Returns:" in doc and (hook == "describe" or "Args:" in doc), hook
+
+
+def test_greedy_selector_follows_the_same_rule_as_greedy_search():
+    from autosub.selection.greedy_selection import greedy_search
+
+    out = run("greedy", budget=50)
+    sel, score, path, _, _ = greedy_search(synthetic, range(N), epsilon=0.005, max_blocks=3)
+    best = max((r for r in out.records if r.values), key=lambda r: (r.values[0], -r.number))
+    assert best.selection == sel and best.values[0] == pytest.approx(score)
+    accepted = [s for s in path if s.accepted]  # the same steps taken, one greedy step per accepted move
+    assert max(r.user_attrs["greedy_step"] for r in out.records) == len(accepted)

@@ -1,7 +1,9 @@
 """What a search may spend: ``Budget`` (the limits a user sets) and ``Meter`` (what one search call has spent).
 
 This is the one home of the budget check: every engine asks :meth:`Meter.exhausted` whether another trial may
-start (the Ray searcher too, through the same meter on the driver).
+start — the Optuna engine after each trial, the Ray searcher before it starts one. A Meter that travels to
+another process (the Ray searcher unpickled on the head node under Ray Client) keeps counting there on the wall
+clock from the same origin, so the same check becomes a deadline there, with no second copy of the rule.
 """
 from __future__ import annotations
 
@@ -65,18 +67,29 @@ class Budget:
 
 
 class Meter:
-    """Wall-clock and compute spent by one search call, by phase; user callbacks run outside it (``paused``)."""
+    """Wall-clock and compute spent by one search call, by phase; user callbacks run outside it (``paused``).
+
+    In this process the clock is ``time.perf_counter``. A pickled copy carries its origin as wall-clock time
+    (``time.time``, comparable across machines with synchronized clocks) and counts on from there: a deadline.
+    """
 
     def __init__(self, epoch_seconds: float | None = None) -> None:
         self.epoch_seconds = epoch_seconds
         self.trials = 0
         self.phases: dict[str, float] = {}
-        self._start = time.perf_counter()
+        self._wall = False  # True in a copy unpickled elsewhere: the clock is time.time()
+        self._start = self._now()
         self._paused = 0.0
+
+    def _now(self) -> float:
+        return time.time() if self._wall else time.perf_counter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_wall": True, "_start": time.time() - self.seconds, "_paused": 0.0}
 
     @property
     def seconds(self) -> float:
-        return time.perf_counter() - self._start - self._paused
+        return self._now() - self._start - self._paused
 
     @property
     def compute(self) -> float:
@@ -92,15 +105,33 @@ class Meter:
     def pause(self) -> "_Pause":
         return _Pause(self)
 
-    def exhausted(self, budget: Budget) -> str | None:
-        """The reason the budget is spent, or None."""
-        if budget.trials is not None and self.trials >= budget.trials:
-            return f"trials ({self.trials}/{budget.trials})"
+    def exhausted(self, budget: Budget, *, trials: int | None = None) -> str | None:
+        """Why no further trial may start under ``budget``, or None while it may.
+
+        Args:
+            budget: The search's limits.
+            trials: The trial count to hold against ``budget.trials``, when it is not this meter's count of
+                finished trials (the Ray searcher counts the trials it *started*: Tune runs several at once).
+
+        Returns:
+            ``"trials (n/N)"``, ``"seconds (s/S)"`` or ``"compute (c/C full-FT epochs)"`` — the first limit
+            reached —, or None.
+        """
+        n = self.trials if trials is None else trials
+        if budget.trials is not None and n >= budget.trials:
+            return f"trials ({n}/{budget.trials})"
         if budget.seconds is not None and self.seconds >= budget.seconds:
             return f"seconds ({self.seconds:.1f}/{budget.seconds:g})"
         if budget.compute is not None and self.compute >= budget.compute:
             return f"compute ({self.compute:.2f}/{budget.compute:g} full-FT epochs)"
         return None
+
+    def seconds_left(self, budget: Budget) -> float | None:
+        """Wall seconds until the time or compute limit is reached (None without either; ≥ 1 ms)."""
+        left = [budget.seconds - self.seconds] if budget.seconds is not None else []
+        if budget.compute is not None and self.epoch_seconds:
+            left.append((budget.compute - self.compute) * self.epoch_seconds)
+        return max(1e-3, min(left)) if left else None
 
     def report(self) -> dict[str, Any]:
         return {"trials": self.trials, "seconds": round(self.seconds, 3),
@@ -113,7 +144,7 @@ class _Pause:
         self.meter = meter
 
     def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
+        self.t0 = self.meter._now()
 
     def __exit__(self, *exc: Any) -> None:
-        self.meter._paused += time.perf_counter() - self.t0
+        self.meter._paused += self.meter._now() - self.t0

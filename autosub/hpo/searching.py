@@ -36,7 +36,8 @@ from ..training.setup import BlocksSpec, Setup, blocks_spec, build_cache, prepar
 from ..training.trainer import evaluate, fit
 from .budget import Budget, Meter
 from .config import RunConfig, TrainingConfig, as_config
-from .engines import EngineRun, Job, TrialOutcome, check_backend, get_engine
+from .backends import Backend, RayBackend, resolve_backend
+from .engines import EngineRun, Job, TrialOutcome
 from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint
 from .selectors import BaseSelector, Prior, SelectorContext, get_selector
 from .space import BoundSpace, Candidate, SearchSpace
@@ -63,7 +64,7 @@ def search(
     pruner: Any = "auto",
     blocks: BlocksSpec = None,
     epochs: int = 3,
-    backend: Any = "optuna",
+    backend: str | Backend = "optuna",
     training: TrainingConfig | dict | None = None,
     run: RunConfig | dict | None = None,
     resume: bool = False,
@@ -124,8 +125,7 @@ class _Plan:
     pruner: Any
     epochs: int
     seed: int
-    backend: str
-    backend_options: dict[str, Any]
+    backend: Backend
     training: TrainingConfig
     run: RunConfig
     run_path: Path
@@ -163,12 +163,14 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
         raise ConfigError(f"The 'seed' parameter of search must be an int; got {seed!r} instead.")
     if not isinstance(resume, bool):
         raise ConfigError(f"The 'resume' parameter of search must be a bool; got {resume!r} instead.")
-    name = check_backend(backend)
-    if ray_opts and name != "ray":
-        raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={name!r}.")
+    chosen = resolve_backend(backend)  # an unknown name, bad options or a missing extra fail here, before any work
+    if ray_opts:  # 0.1 spelled the Ray options as search() keywords
+        if chosen.name != "ray":
+            raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={chosen.name!r}.")
+        chosen = RayBackend(**{**{k: v for k, v in chosen.to_dict().items() if k != "name"}, **ray_opts})
     run_path = Path(run.run_dir) if run.run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
     return _Plan(budget=Budget.of(budget), selector=sel, spec=spec, objectives=objs, pruner=pruner, epochs=int(epochs),
-                 seed=seed, backend=name, backend_options=ray_opts, training=training, run=run, run_path=run_path,
+                 seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
                  resume=resume)
 
 
@@ -221,9 +223,8 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
     head = set(part.head)
     bound = plan.spec.bind([b.num_params for b in part], fork_share=flops.shares() if flops else None,
                            head_params=sum(p.numel() for n, p in setup.work.named_parameters() if n in head))
-    engine = get_engine(plan.backend)(storage=plan.run.storage, study_name=plan.run.study_name, run_dir=plan.run_path,
-                                      resume=plan.resume, directions=plan.directions, seed=plan.seed,
-                                      **plan.backend_options)
+    engine = plan.backend.engine(storage=plan.run.storage, study_name=plan.run.study_name, run_dir=plan.run_path,
+                                 resume=plan.resume, directions=plan.directions, seed=plan.seed)
     saved = engine.load_state()
     if saved and (saved.get("space", {}).get("kind") != plan.spec.kind or saved.get("n_blocks") != len(part)):
         raise ConfigError(f"The study {plan.run.study_name!r} was run on a {saved.get('space', {}).get('kind')!r} space "
@@ -327,7 +328,7 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
     setup, bound, tr = state.setup, state.bound, plan.training
     ctx = SelectorContext(space=bound, prior=the_prior, seed=plan.seed, epochs=plan.epochs,
                           directions=tuple(plan.directions), n_trials=plan.budget.trials,
-                          fit_defaults={"batch_size": tr.batch_size})
+                          fit_defaults={"batch_size": tr.batch_size, "cv_folds": tr.cv_folds})
 
     def train(data: Task, cache: Any, cand: Candidate, **hooks: Any) -> Any:
         return fit(setup.model, data, cand.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
@@ -381,7 +382,8 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
     setup, tr = state.setup, plan.training
     test_score, n_test = _test_score(final, task, setup.device)
     spent = {**state.meter.report(), "stop_reason": run.stop_reason}
-    config = {"space": plan.spec.to_dict(), "selector": plan.selector.describe(), "backend": plan.backend,
+    config = {"space": plan.spec.to_dict(), "selector": plan.selector.describe(), "backend": plan.backend.name,
+              "backend_options": plan.backend.to_dict(),
               "epochs": plan.epochs, "seed": plan.seed, "batch_size": tr.batch_size, "model": type(setup.model).__name__,
               "block_names": list(setup.partition.names), "blocks": blocks_spec(setup.partition),
               "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(setup.work, setup.partition),

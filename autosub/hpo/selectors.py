@@ -1,4 +1,4 @@
-"""Selectors decide WHAT to try; engines (``autosub.engines``) RUN it. One small base class, a registry by name.
+"""Selectors decide WHAT to try; engines (``autosub.hpo.engines``) RUN it. One small base class, a registry by name.
 
 A selector gives an engine three things: an Optuna ``sampler`` for the parameters it leaves free, ``initial``
 proposals (enqueued before the first trial, or known results recorded as finished trials) and ``propose``,
@@ -36,7 +36,12 @@ import optuna
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 
 from ..errors import ConfigError
+from ..selection.greedy_selection import accepts, choose_move
 from .space import KINDS, BoundSpace
+
+__all__ = ["BaseSelector", "GreedySelector", "NSGA2Selector", "Prior", "Proposal", "RandomSelector", "SELECTORS",
+           "SelectorContext", "StructuredSampler", "TPESelector", "TopKSelector", "get_selector", "profile_trials",
+           "register_selector"]
 
 log = logging.getLogger(__name__)
 
@@ -191,31 +196,84 @@ class StructuredSampler(BaseSampler):
 
 # ------------------------------------------------------------------------------------------------- selectors
 class BaseSelector:
-    """Decides what to try. Subclasses override ``sampler`` and, for fixed plans, ``initial`` / ``propose``."""
+    """Decides what to try; an engine runs it (keras-tuner's split). Modelled on Optuna's ``BaseSampler``: a few
+    hooks, each documented below, and capabilities declared as class attributes.
+
+    An engine calls :meth:`sampler` once per run, :meth:`initial` for a new study (:meth:`propose` when it
+    resumes one), and :meth:`propose` after every trial. The defaults make a selector that samples uniformly
+    and has no plan of its own (``RandomSelector``); a fixed plan overrides ``initial``, an adaptive one
+    ``propose`` too. Register a subclass with :func:`register_selector` to use it by name.
+    """
 
     name: ClassVar[str] = "base"
-    uses_prior: ClassVar[bool] = False  # search() builds a prior (profile) only for selectors that use it
-    needs_prior: ClassVar[bool] = False
-    prunable: ClassVar[bool] = True
+    """The name ``search(selector=...)`` takes (set by :func:`register_selector`)."""
     kinds: ClassVar[tuple[str, ...]] = KINDS
+    """The search-space kinds it works on (``"subset"``, ``"consecutive"``, ``"single"``)."""
+    uses_prior: ClassVar[bool] = False
+    """Whether ``search()`` builds a prior (a profile) for it; selectors without one never pay for it."""
+    needs_prior: ClassVar[bool] = False
+    """Whether it cannot work without a prior (``search(prior=None)`` is refused)."""
+    prunable: ClassVar[bool] = True
+    """Whether its trials may be stopped early (Optuna's pruner / Ray's ASHA); off for plans that compare
+    finished scores (greedy)."""
+    samples: ClassVar[bool] = True
+    """Whether an engine may ask :meth:`sampler` for a trial when no proposal is queued. An adaptive plan that
+    waits for its running trials sets it False; a subclass that overrides :meth:`propose` without declaring it
+    gets False."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "propose" in cls.__dict__ and "samples" not in cls.__dict__:
+            cls.samples = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
 
     def sampler(self, ctx: SelectorContext) -> BaseSampler:
-        """The sampler for every parameter not fixed by a proposal."""
+        """The Optuna sampler for every parameter a proposal does not fix.
+
+        Args:
+            ctx: The bound space, the prior, the seed and the search's settings.
+
+        Returns:
+            An Optuna sampler; by default a :class:`StructuredSampler` drawing uniform feasible selections
+            around a ``RandomSampler``.
+        """
         return StructuredSampler(RandomSampler(seed=ctx.seed), ctx.space, weights=np.ones(ctx.space.n),
                                  seed=ctx.seed, n_startup=10**9, label="random")
 
-    def initial(self, ctx: SelectorContext) -> list[Proposal]:
-        """Proposals for a new study (enqueued, or recorded as finished when they carry a result)."""
+    def initial(self, ctx: SelectorContext) -> list[Proposal] | None:
+        """The first proposals of a new study, before any trial runs.
+
+        Args:
+            ctx: As for :meth:`sampler`.
+
+        Returns:
+            Proposals to enqueue, or to record as finished trials when they carry a known result (the
+            profile's runs); ``[]`` to leave everything to the sampler; None when there is nothing to try.
+        """
         return []
 
     def propose(self, ctx: SelectorContext, history: Sequence[Any]) -> list[Proposal] | None:
-        """More proposals after a trial; ``None`` when the strategy has nothing left to try."""
+        """More proposals, after each trial (and when a study is resumed).
+
+        Args:
+            ctx: As for :meth:`sampler`.
+            history: Every trial of the study so far, as :class:`~autosub.hpo.result.TrialRecord` (finished,
+                running and waiting ones).
+
+        Returns:
+            Proposals to add (``[]``: none now); None when the strategy has nothing left to try — the search
+            then stops once nothing waits or runs.
+        """
         return []
 
     def describe(self) -> dict[str, Any]:
+        """The selector's name and options as plain data (recorded in the study and ``SearchResult.config``).
+
+        Returns:
+            ``{"name": ..., **options}``.
+        """
         return {"name": self.name, **self.options}
 
 
@@ -322,6 +380,7 @@ class TopKSelector(BaseSelector):
     """The paper's profile heuristic: train the k best-rated blocks together, for k = 1 .. max_blocks."""
 
     uses_prior = needs_prior = True
+    samples = False
     kinds = ("subset", "single")
 
     def initial(self, ctx: SelectorContext) -> list[Proposal]:
@@ -346,14 +405,17 @@ class TopKSelector(BaseSelector):
 class GreedySelector(BaseSelector):
     """Forward greedy SubTuning (the paper's): add the block that helps most; stop when the gain is < ``epsilon``.
 
-    The rule of :func:`autosub.greedy.greedy` (forward, ``stopping="strict"``: stop at the first step whose best
-    gain is below ε; ties go to the lower block index; at most the space's ``max_blocks``), run trial by trial
+    The rule of :func:`autosub.selection.greedy_selection.greedy` — the same functions,
+    :func:`~autosub.selection.greedy_selection.choose_move` (ties go to the lower block index) and
+    :func:`~autosub.selection.greedy_selection.accepts` (forward, ``stopping="strict"``: stop at the first step
+    whose best gain is below ε); at most the space's ``max_blocks`` —, run trial by trial
     inside the engine, so it obeys the budget, resumes from storage and is counted like every selector. One
     difference: the search space has no linear probe (``min_blocks`` ≥ 1), so the first block is always added.
     Hyperparameters stay at the space's defaults, as in the paper.
     """
 
     prunable = False
+    samples = False
     kinds = ("subset",)
 
     def __init__(self, *, epsilon: float = 0.005) -> None:
@@ -369,19 +431,22 @@ class GreedySelector(BaseSelector):
             return []
         if not mine:
             return self._step(ctx, (), 0)
-        best: dict[int, Any] = {}
-        for r in mine:
-            s = int(r.user_attrs["greedy_step"])
-            if r.state == "COMPLETE" and (s not in best or r.values[0] > best[s].values[0]):
-                best[s] = r
+        base: tuple[int, ...] = ()
+        prev_score = -np.inf  # the space has no linear probe: the first block is always added
         last = max(int(r.user_attrs["greedy_step"]) for r in mine)
-        if last not in best:
-            return None
-        gain = best[last].values[0] - (best[last - 1].values[0] if last - 1 in best else -np.inf)
-        if gain < self.epsilon:
-            log.info("greedy: step %d gains %.4f < epsilon=%g; done", last, gain, self.epsilon)
-            return None
-        return self._step(ctx, tuple(best[last].selection), last + 1) or None
+        for step in range(last + 1):  # replay the path: each step's move from the one before it
+            scores = {b: r.values[0] for r in mine if int(r.user_attrs["greedy_step"]) == step
+                      and r.state == "COMPLETE" and r.values
+                      for b in set(r.selection or ()) - set(base)}
+            if not scores:
+                return None
+            chosen = choose_move(scores)
+            gain = scores[chosen] - prev_score
+            if step == last and not accepts(gain, self.epsilon):
+                log.info("greedy: step %d gains %.4f < epsilon=%g; done", step, gain, self.epsilon)
+                return None
+            base, prev_score = tuple(sorted({*base, chosen})), scores[chosen]
+        return self._step(ctx, base, last + 1) or None
 
     def _step(self, ctx: SelectorContext, base: tuple[int, ...], step: int) -> list[Proposal]:
         space = ctx.space
@@ -401,8 +466,8 @@ def profile_trials(ctx: SelectorContext) -> list[Proposal]:
     prior, space = ctx.prior, ctx.space
     prof = prior.profile if prior is not None else None
     cfg = dict(getattr(prof, "config", {}) or {})
-    if prof is None or len(ctx.directions) > 1:
-        return []
+    if prof is None or len(ctx.directions) > 1 or ctx.fit_defaults.get("cv_folds"):
+        return []  # a validation-split score is not a cross-validated one: no warm start under CV
     same = (abs(float(cfg.get("lr", -1)) - space.spec.default_lr) < 1e-12
             and abs(space.spec.default_weight_decay - 0.05) < 1e-12
             and cfg.get("batch_size") == ctx.fit_defaults.get("batch_size", 32)

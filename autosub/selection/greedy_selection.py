@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -244,12 +244,12 @@ def greedy_search(
         if not moves:
             break
         scores = {b: score(_move(current, b, forward)) for b in moves}
-        chosen = max(moves, key=lambda b: (scores[b], -b))
+        chosen = choose_move(scores)
         new, s = _move(current, chosen, forward), scores[chosen]
         gain = s - cur_score
         forced = not forward and not fits_cap(current)
         if stopping == "strict":
-            ok = forced or (gain >= epsilon if forward else gain > -epsilon)
+            ok = forced or accepts(gain, epsilon, forward=forward)
             step = GreedyStep(len(path), current, scores, chosen, new, s, gain, ok, ok and fits_cap(new))
             path.append(step)
             if not ok:
@@ -269,6 +269,16 @@ def greedy_search(
                 break
     assert best is not None  # backward always reaches the cap; forward starts within it
     return best[0], best[1], path, start_score, reason
+
+
+def choose_move(scores: Mapping[int, float]) -> int:
+    """The greedy move among candidate blocks scored ``{block: score}``: the best score; ties go to the lower index."""
+    return max(scores, key=lambda b: (scores[b], -b))
+
+
+def accepts(gain: float, epsilon: float, *, forward: bool = True) -> bool:
+    """The paper's strict rule: a forward step is taken when it gains ≥ ε, a backward one when it loses < ε."""
+    return gain >= epsilon if forward else gain > -epsilon
 
 
 def _move(current: Subset, block: int, forward: bool) -> Subset:

@@ -21,8 +21,12 @@ the optimizer, schedule and RNG state, not the frozen trunk —, and at the end 
 (its worker or node died) resumes from its last epoch; one that already finished re-reports its record. The
 search's final model is the best trial's checkpoint, not a refit. ``resume=True`` after the driver died calls
 ``Tuner.restore``: finished trials are kept, unfinished ones run again, trials the study holds as RUNNING but
-Tune never recorded are failed and re-enqueued. Trials record ``node_id``, ``node_ip``, ``pid`` and ``gpu_ids``.
+Tune never recorded are failed and re-enqueued, those Tune continues are recorded as new trials when they end
+(the Optuna public API cannot write to a trial whose ``Trial`` object died with the driver; see
+:mod:`autosub.hpo.engines._study`). Trials record ``node_id``, ``node_ip``, ``pid`` and ``gpu_ids``.
 
+Options come as one :class:`~autosub.hpo.backends.RayBackend` (address, resources_per_trial, max_failures,
+max_concurrent_trials — the last reaches ``TuneConfig``; None: as many trials at once as the cluster holds).
 Addresses: ``None`` reuses a running Ray session, else ``$RAY_ADDRESS``, else starts one in-process;
 ``"auto"`` joins the local cluster; ``"ray://host:10001"`` uses Ray Client (the Tune loop then runs on the
 head node: the study storage and ``run_dir`` must be reachable from there — use a database URL / shared FS).
@@ -34,8 +38,6 @@ import logging
 import os
 import re
 import time
-import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
@@ -44,142 +46,114 @@ from ray import tune
 from tqdm.auto import tqdm
 
 from ...errors import ConfigError, SearchAborted
-from . import EngineRun, Job
-from .optuna import STATE_KEY, OptunaEngine, _add, to_record
-from .ray_search import _LIVE, Hooks, SelectorSearcher, dirname, load_tuned, started, train_trial
+from ..backends import RayBackend
+from ._study import Hooks
+from .base import Engine, EngineRun, Job
+from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, started, train_trial
+
+__all__ = ["RayEngine", "capacity", "connect", "default_resources", "load_tuned", "tune_config"]
 
 log = logging.getLogger(__name__)
 
 RAY_KEY = "autosub_ray"  # study user attr: {"experiment": name, "finished": bool, "runs": n}
 
 
-class RayEngine(OptunaEngine):
-    """Runs a Job as a Ray Tune experiment; same storage checks and records as the Optuna engine."""
+class RayEngine(Engine):
+    """Runs a Job as a Ray Tune experiment; the study is kept by the same bookkeeping as the Optuna engine's.
+
+    Besides the :class:`~autosub.hpo.engines.base.Engine` arguments it takes ``options``, a
+    :class:`~autosub.hpo.backends.RayBackend`; before any work it opens the storage, joins (or starts) Ray and
+    checks that a trial fits the cluster.
+    """
 
     name = "ray"
 
-    def __init__(self, *, resources_per_trial: Mapping[str, float] | None = None, address: str | None = None,
-                 max_failures: int = 2, max_concurrent_trials: int | None = None, **kw: Any) -> None:
-        self.resources = check_resources(resources_per_trial)
-        if address is not None and (not isinstance(address, str) or not address):
-            raise ConfigError(f"The 'address' parameter of search must be None, 'auto', 'local', 'ray://host:port' "
-                              f"or 'host:port'; got {address!r} instead.")
-        for name, v, low in (("max_failures", max_failures, 0), ("max_concurrent_trials", max_concurrent_trials, 1)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise ConfigError(f"The '{name}' parameter of search must be an int >= {low}; got {v!r} instead.")
-        self.address, self.max_failures = address, max_failures
-        super().__init__(**kw)
-        self.run_dir = Path(kw["run_dir"])
-        self.client = connect(address)  # an unreachable cluster or a trial that fits nowhere fails before any work
-        self.slots = max_concurrent_trials or capacity(self.resources)
+    def __init__(self, *, options: RayBackend | None = None, **kw: Any) -> None:
+        options = RayBackend() if options is None else options
+        if not isinstance(options, RayBackend):
+            raise ConfigError(f"The 'options' parameter of RayEngine must be a RayBackend; got "
+                              f"{type(options).__name__} instead.")
+        super().__init__(options=options, **kw)
+        self.resources = dict(options.resources_per_trial or default_resources())
+        self.max_failures = options.max_failures
+        self.client = connect(options.address)  # an unreachable cluster or a trial that fits nowhere fails here
+        fits = capacity(self.resources)
+        self.slots = options.max_concurrent_trials or fits
 
     def run(self, job: Job) -> EngineRun:
-        space, ctx, meter, budget = job.space, job.context, job.meter, job.budget
+        ctx, meter, budget = job.context, job.meter, job.budget
         multi = len(job.objectives) > 1
         asha = job.selector.prunable and not multi and ctx.epochs >= 2 and job.pruner not in (None, "none")
         if isinstance(job.pruner, optuna.pruners.BasePruner):
             log.warning("backend='ray' prunes with Ray Tune's ASHA; the Optuna pruner %s is not used",
                         type(job.pruner).__name__)
-        study = optuna.create_study(storage=self.storage, sampler=job.selector.sampler(ctx),
-                                    pruner=optuna.pruners.NopPruner(), study_name=self.study_name,
-                                    directions=self.directions, load_if_exists=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(job.objectives))
-        study.set_user_attr(STATE_KEY, {**study.user_attrs.get(STATE_KEY, {}), **job.state})
+        book = self.store.open(job, sampler=job.selector.sampler(ctx), pruner=optuna.pruners.NopPruner())
+        study = book.study
         info = dict(study.user_attrs.get(RAY_KEY, {}))
         root = (self.run_dir / "ray").resolve()
         exp = info.get("experiment")
         restore = bool(exp) and not info.get("finished") and tune.Tuner.can_restore(str(root / exp))
+        bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name}, ray)", disable=not job.progress)
+        hooks = Hooks(meter, bar, list(job.callbacks))
         stop = ""
         if not restore:
             runs = int(info.get("runs", 0)) + 1
-            exp = re.sub(r"[^A-Za-z0-9_.-]", "_", self.study_name) + ("" if runs == 1 else f"-{runs}")
+            exp = re.sub(r"[^A-Za-z0-9_.-]", "_", self.store.study_name) + ("" if runs == 1 else f"-{runs}")
             info = {"experiment": exp, "finished": False, "runs": runs}
-            records = [to_record(t, space) for t in study.get_trials(deepcopy=False)]
-            first = job.selector.initial(ctx) if not self.exists else job.selector.propose(ctx, records)
-            stop = "selector finished" if first is None else ""
-            for p in first or []:
-                if p.state is not None:
-                    p.user_attrs.setdefault("cum_compute", meter.compute)
-                _add(study, p, space)
-            if job.callbacks and not self.exists:
-                with meter.pause():
-                    for t in [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]:
-                        for cb in job.callbacks:  # results already known (the profile's runs) are trials too
-                            cb(to_record(t, space), None)
+            stop = book.begin(resumed=self.exists, hooks=hooks)
         study.set_user_attr(RAY_KEY, info)
-        key = f"{root / exp}::{self.study_name}"
-        bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name}, ray)", disable=not job.progress)
-        _LIVE[key] = Hooks(meter, bar, list(job.callbacks))
+        key = f"{root / exp}::{self.store.study_name}"
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, payload=[ray.put(job.run_trial)], epochs=ctx.epochs),
             dict(self.resources))
         searcher: SelectorSearcher | None = None
         try:
-            if stop or meter.exhausted(budget):
-                stop = stop or meter.exhausted(budget) or ""
-            elif restore:
-                log.info("restoring the Ray Tune experiment %s", root / exp)
-                tuner = tune.Tuner.restore(str(root / exp), trainable=trainable, resume_unfinished=True,
-                                           resume_errored=False)
-                _fit(tuner)
-            else:
-                left = None if budget.seconds is None else budget.seconds - meter.seconds
-                if budget.compute is not None and meter.epoch_seconds:
-                    c_left = (budget.compute - meter.compute) * meter.epoch_seconds
-                    left = c_left if left is None else min(left, c_left)
-                searcher = SelectorSearcher(key=key, storage=self.storage, study_name=self.study_name,
-                                            selector=job.selector, ctx=ctx, budget=budget,
-                                            deadline=None if left is None else time.time() + left,
-                                            epoch_seconds=meter.epoch_seconds, experiment=exp)
-                scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="score", mode="max",
-                                                           max_t=ctx.epochs, grace_period=1, reduction_factor=3)
-                             if asha else tune.schedulers.FIFOScheduler())
-                tuner = tune.Tuner(trainable, run_config=tune.RunConfig(
-                    name=exp, storage_path=str(root), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=self.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),  # 1 would force a snapshot per epoch
-                    tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                num_samples=budget.trials or -1, reuse_actors=True,
-                                                max_concurrent_trials=self.slots,
-                                                trial_dirname_creator=dirname))
-                _fit(tuner)
+            with driver_hooks(key, hooks):
+                if stop or meter.exhausted(budget):
+                    stop = stop or meter.exhausted(budget) or ""
+                elif restore:
+                    log.info("restoring the Ray Tune experiment %s", root / exp)
+                    _fit(tune.Tuner.restore(str(root / exp), trainable=trainable, resume_unfinished=True,
+                                            resume_errored=False))
+                else:
+                    searcher = SelectorSearcher(key=key, book=book, budget=budget, meter=meter, experiment=exp)
+                    scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="score", mode="max",
+                                                               max_t=ctx.epochs, grace_period=1, reduction_factor=3)
+                                 if asha else tune.schedulers.FIFOScheduler())
+                    _fit(tune.Tuner(trainable, run_config=tune.RunConfig(
+                        name=exp, storage_path=str(root), verbose=0,
+                        failure_config=tune.FailureConfig(max_failures=self.max_failures),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),  # 1 forces a snapshot per epoch
+                        tune_config=tune_config(searcher=searcher, scheduler=scheduler, trials=budget.trials,
+                                                max_concurrent_trials=self.slots)))
         finally:
-            _LIVE.pop(key, None)
             bar.close()
         info["finished"] = True
         study.set_user_attr(RAY_KEY, info)
-        records = [to_record(t, space) for t in study.get_trials(deepcopy=False)]
+        records = book.records()
         if self.client or restore or searcher is None:  # the searcher ran elsewhere or was unpickled by Tune
             meter.trials = max(meter.trials, started(records, exp))
         stop = stop or (searcher.stop_reason if searcher else "") or meter.exhausted(budget) or "budget"
         done = [r for r in records if r.state == "COMPLETE" and r.values]
-        best = max(done, key=lambda r: (r.values[0], -r.number)).number if done else None
-        run = EngineRun(records=records, stop_reason=stop, best_number=None, best_model=None,
-                        study_name=self.study_name, storage=self.storage_url, study=study,
-                        best_state=load_tuned(root, best) if best is not None else None)
+        best = max(done, key=lambda r: (r.values[0], -r.number)) if done else None
+        tuned = load_tuned(root, best.number, best.user_attrs.get("tune_trial")) if best is not None else None
         log.info("search stopped: %s", stop)
-        return run
+        return EngineRun(records=records, stop_reason=stop, best_number=None, best_model=None,
+                         study_name=self.store.study_name, storage=self.store.url, study=study, best_state=tuned)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def check_resources(resources: Mapping[str, float] | None) -> dict[str, float]:
-    """``resources_per_trial``: ``{"cpu": 1, "gpu": 0.25}`` by default with a GPU, ``{"cpu": 1}`` without."""
-    if resources is None:
-        import torch
+def default_resources() -> dict[str, float]:
+    """``resources_per_trial`` when none is given: ``{"cpu": 1, "gpu": 0.25}`` with a GPU, ``{"cpu": 1}`` without."""
+    import torch
 
-        return {"cpu": 1, "gpu": 0.25} if torch.cuda.is_available() else {"cpu": 1}
-    ok = isinstance(resources, Mapping) and resources and all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-        for k, v in resources.items())
-    if not ok or not any(v > 0 for v in resources.values()):
-        raise ConfigError(f"The 'resources_per_trial' parameter of search must map resource names to numbers >= 0 "
-                          f"(e.g. {{'cpu': 1, 'gpu': 0.25}}); got {resources!r} instead.")
-    gpu = resources.get("gpu", 0)
-    if gpu > 1 and not float(gpu).is_integer():
-        raise ConfigError(f"A fractional 'gpu' in resources_per_trial must be < 1 (several trials per GPU); got {gpu}.")
-    return {k: float(v) for k, v in resources.items()}
+    return {"cpu": 1.0, "gpu": 0.25} if torch.cuda.is_available() else {"cpu": 1.0}
+
+
+def tune_config(*, searcher: Any, scheduler: Any, trials: int | None, max_concurrent_trials: int) -> tune.TuneConfig:
+    """The experiment's ``TuneConfig``: autosub's searcher, the scheduler, the trial cap and the concurrency."""
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=trials or -1, reuse_actors=True,
+                           max_concurrent_trials=max_concurrent_trials, trial_dirname_creator=dirname)
 
 
 # A Ray Client server can fail to start a client's session under load (Ray 2.60: psutil ZombieProcess in its

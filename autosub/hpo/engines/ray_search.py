@@ -1,234 +1,243 @@
-"""The two halves of a Ray trial: :class:`SelectorSearcher` (Tune loop) and :func:`train_trial` (a worker).
+"""The two halves of a Ray trial: :class:`SelectorSearcher` (the Tune loop) and :func:`train_trial` (a worker).
 
-The searcher turns autosub's selector into a Tune ``Searcher``: it asks the Optuna study (with the selector's
-sampler) for the next configuration and tells it every result, so the study — not Tune's snapshot — is the
-record; the searcher's own state (Tune trial id → study trial number) lets ``Tuner.restore`` resume the trials
-Tune knew about, and the rest are failed and re-enqueued. The worker side trains through the Job's
-``run_trial``, reports each epoch to the scheduler with a checkpoint of the run's
-:class:`~autosub.checkpoint.FitState` (tuned tensors + optimizer, not the trunk) and resumes from it when retried.
+The searcher turns autosub's selector into a Tune ``Searcher``: it asks the Optuna study (through the shared
+:class:`~autosub.hpo.engines._study.StudyBook`, with the selector's sampler) for the next configuration and tells
+it every result, so the study — not Tune's snapshot — is the record. It keeps the ``optuna.Trial`` objects it
+asked for, by trial number, while their Tune trials run (trial attributes are written through them); its own
+state (Tune trial id → study trial number, duplicates, stop reason, lost trials Tune continues) is saved as
+JSON for ``Tuner.restore``. After a restore the trials the study still holds RUNNING for this experiment lost
+their ``Trial`` with the dead driver. Those Tune's snapshot knows are continued by Tune: they stay RUNNING
+until their run ends, then are failed by number (reason at study level, see ``_study``) and the run is recorded
+as a new finished trial (``retry_of``, ``continues``); the others are failed at once and re-enqueued.
+
+The worker side trains through the Job's ``run_trial``, reports each epoch to the scheduler with a checkpoint
+of the run's :class:`~autosub.training.checkpoint.FitState` (tuned tensors + optimizer, not the trunk) and
+resumes from it when retried.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import pickle
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
-from ...training.checkpoint import TENSORS as TUNED, FitState, selection_metadata
 from ...errors import SearchAborted
-from ..selectors import BaseSelector
-from ..budget import Budget
+from ...training.checkpoint import TENSORS as TUNED, FitState, selection_metadata
+from ..budget import Budget, Meter
+from ..result import TrialRecord
 from ..space import Candidate
-from .optuna import MAX_DUPLICATES, _add, _duplicate, to_record
+from ._study import MAX_DUPLICATES, Hooks, StudyBook
+
+__all__ = ["SelectorSearcher", "driver_hooks", "dirname", "load_tuned", "started", "train_trial"]
 
 log = logging.getLogger(__name__)
 
 RECORD = "trial.json"
-_LIVE: dict[str, "Hooks"] = {}  # in-process hooks (meter, bar, callbacks) by searcher key; never pickled
+WHERE = ("node_id", "node_ip", "pid", "gpu_ids", "threads", "seconds", "started_at")
+LOST = "lost: the driver stopped before Ray Tune recorded this trial; re-enqueued"
+CONTINUED = "lost: the driver stopped mid-trial; Ray Tune continued its run, recorded as a new trial (retry_of)"
+_DRIVER_HOOKS: dict[str, Hooks] = {}  # this process's hooks by searcher key; never pickled
 
 
-@dataclass
-class Hooks:
-    """What only the driver process has: the budget's meter, the progress bar, the user's callbacks."""
-
-    meter: Any
-    bar: Any = None
-    callbacks: list[Callable] = field(default_factory=list)
+@contextlib.contextmanager
+def driver_hooks(key: str, hooks: Hooks) -> Iterator[None]:
+    """Make the driver's meter, bar and callbacks reachable to every searcher copy with ``key`` in this process
+    (Tune restores its searcher from a pickle); a copy elsewhere (Ray Client's head) finds none."""
+    _DRIVER_HOOKS[key] = hooks
+    try:
+        yield
+    finally:
+        _DRIVER_HOOKS.pop(key, None)
 
 
 class SelectorSearcher(Searcher):
-    """A Tune Searcher that asks autosub's selector, through its Optuna study and sampler, what to run next."""
+    """A Tune Searcher that asks autosub's selector, through its Optuna study and sampler, what to run next.
 
-    def __init__(self, *, key: str, storage: Any, study_name: str, selector: BaseSelector, ctx: Any,
-                 budget: Budget, deadline: float | None, epoch_seconds: float | None, experiment: str) -> None:
+    Args:
+        key: Finds the driver's :class:`~autosub.hpo.engines._study.Hooks` (see :func:`driver_hooks`).
+        book: The study bookkeeping (shared with the driver in process; a copy on Ray Client's head).
+        budget: The search's budget, checked with :meth:`~autosub.hpo.budget.Meter.exhausted` before each trial.
+        meter: The driver's meter; a copy away from the driver counts on the wall clock (a deadline).
+        experiment: The Tune experiment's name, recorded on every trial it starts.
+    """
+
+    def __init__(self, *, key: str, book: StudyBook, budget: Budget, meter: Meter, experiment: str) -> None:
         super().__init__(metric="score", mode="max")
-        self.key, self.storage, self.study_name, self.selector, self.ctx = key, storage, study_name, selector, ctx
-        self.budget, self.budget_trials, self.deadline = budget, budget.trials, deadline
-        self.epoch_seconds, self.experiment = epoch_seconds, experiment
-        self.sampler = selector.sampler(ctx)
-        self.samples = getattr(type(selector), "samples", type(selector).propose is BaseSelector.propose)
+        self.key, self.book, self.budget, self.meter, self.experiment = key, book, budget, meter, experiment
+        self.samples = book.selector.samples
         self.numbers: dict[str, int] = {}  # Tune trial id → study trial number, for the trials Tune runs
-        self.dups, self.stop_reason = 0, ""
-        self._study: optuna.Study | None = None
-        self._reconciled = False
+        self.continued: dict[int, dict[int, float]] = {}  # lost trials Tune continues → their intermediate values
+        self.stop_reason = ""
+        self._held: dict[int, optuna.Trial] = {}  # the Trials this process asked for, while they run
+        self._restored = self._reconciled = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_study": None, "_reconciled": False}
-
-    @property
-    def study(self) -> optuna.Study:
-        if self._study is None:
-            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler)
-        return self._study
+        return {**self.__dict__, "_held": {}}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
     # -- what to run next ----------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        space, study = self.ctx.space, self.study
-        if not self._reconciled:
-            self._reconcile()
+        self._reconcile()
+        book = self.book
         for _ in range(MAX_DUPLICATES + 1):
             reason = self.stop_reason or self._exhausted()
             if reason:
                 self.stop_reason = reason
                 return Searcher.FINISHED
-            if not self.samples and not _has(study, TrialState.WAITING):
-                if _has(study, TrialState.RUNNING):
+            if not self.samples and not book.has(TrialState.WAITING):
+                if book.has(TrialState.RUNNING):
                     return None  # an adaptive selector waits for its running trials
                 self.stop_reason = "selector finished"
                 return Searcher.FINISHED
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize"
-                trial = study.ask()
-            cand = space.suggest(trial)
-            sel = cand.selection
-            by = trial.user_attrs.get("proposed_by") or getattr(self.sampler, "proposed_by", lambda n: None)(
-                trial.number)
-            for k, v in {"selection": list(sel), "n_blocks": len(sel), "proposed_by": by or "sampler",
-                         "trainable_params": space.trainable_params(sel), "added_cost": space.added_cost(sel),
-                         "ray_experiment": self.experiment}.items():
-                trial.set_user_attr(k, v)
-            why = space.violation(sel)
-            dup = None if why else _duplicate(study, trial)
-            if why is None and dup is None:
-                self.dups = 0
+                trial = book.study.ask()
+            cand = book.space.suggest(trial)
+            book.label(trial, cand, ray_experiment=self.experiment)
+            verdict = book.screen(trial, cand)
+            if verdict is None:
                 self.numbers[trial_id] = trial.number
-                trial.set_user_attr("tune_trial_id", trial_id)
-                return {"number": trial.number, "selection": list(sel), "lr": cand.lr,
+                self._held[trial.number] = trial
+                trial.set_user_attr("tune_trial", trial_id)
+                return {"number": trial.number, "selection": list(cand.selection), "lr": cand.lr,
                         "weight_decay": cand.weight_decay, "lr_multipliers": sorted(cand.lr_multipliers.items())}
-            if why:
-                trial.set_user_attr("fail_reason", f"infeasible: {why}")
-                study.tell(trial, state=TrialState.FAIL)
+            if verdict.values is None:
+                book.study.tell(trial, state=TrialState.FAIL)
             else:
-                self.dups += 1
-                trial.set_user_attr("duplicate_of", dup.number)
-                for k in ("curve", "trainable_params", "added_cost"):
-                    if k in dup.user_attrs:
-                        trial.set_user_attr(k, dup.user_attrs[k])
-                study.tell(trial, dup.values)
-                if self.dups >= MAX_DUPLICATES:
-                    self.stop_reason = f"space exhausted ({MAX_DUPLICATES} repeated configurations in a row)"
-            self._after(trial.number)
+                book.study.tell(trial, verdict.values)
+            self.stop_reason = self.stop_reason or book.after(trial.number, self._hooks()) or ""
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._reconcile()
         number = self.numbers.get(trial_id)
-        single = len(self.study.directions) == 1  # Optuna records intermediate values for one objective only
-        if number is not None and single and not result.get("final") and "epoch" in result:
-            self._trial(number).report(float(result["score"]), int(result["epoch"]))
+        if number is None or self.book.multi or result.get("final") or "epoch" not in result:
+            return  # Optuna records intermediate values for one objective only
+        if number in self._held:
+            self._held[number].report(float(result["score"]), int(result["epoch"]))
+        elif number in self.continued:
+            self.continued[number][int(result["epoch"])] = float(result["score"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._reconcile()
         number = self.numbers.pop(trial_id, None)
-        if number is None and result:
+        result = result or {}
+        if number is None:
             number = result.get("number")
         if number is None:
             return
-        study, trial = self.study, self._trial(int(number))
-        if study._storage.get_trial(trial._trial_id).state.is_finished():
-            return  # finished before a restore replayed it: nothing is recorded twice
-        result = result or {}
-        for k in ("node_id", "node_ip", "pid", "gpu_ids", "threads", "seconds", "started_at"):
-            if k in result:
-                trial.set_user_attr(k, result[k])
-        if "seconds" in result and self.epoch_seconds:
-            trial.set_user_attr("compute", float(result["seconds"]) / self.epoch_seconds)
-        hooks = _LIVE.get(self.key)
-        if hooks is not None and not math.isnan(hooks.meter.compute):
-            trial.set_user_attr("cum_compute", hooks.meter.compute)
+        number = int(number)
+        meter = self._meter()
+        attrs: dict[str, Any] = {k: result[k] for k in WHERE if k in result}
+        if "seconds" in result and meter.epoch_seconds:
+            attrs["compute"] = meter.to_compute(float(result["seconds"]))
+        if not math.isnan(meter.compute):
+            attrs["cum_compute"] = meter.compute
+        values, intermediate = None, {}
         if error or (result.get("final") and result.get("fail_reason")):
-            reason = result.get("fail_reason") or "the trial's Ray worker failed (max_failures retries used up)"
-            trial.set_user_attr("fail_reason", reason)
-            log.warning("trial %d failed: %s", number, reason)
+            state = TrialState.FAIL
+            attrs["fail_reason"] = result.get("fail_reason") or ("the trial's Ray worker failed (max_failures "
+                                                                 "retries used up)")
+            log.warning("trial %d failed: %s", number, attrs["fail_reason"])
             if result.get("abort"):
-                self.stop_reason = f"aborted: {reason}"
-            study.tell(trial, state=TrialState.FAIL)
+                self.stop_reason = f"aborted: {attrs['fail_reason']}"
         elif result.get("final"):
-            for k, v in json.loads(result.get("attrs", "{}")).items():
-                trial.set_user_attr(k, v)
+            state = TrialState.COMPLETE
+            attrs.update(json.loads(result.get("attrs", "{}")))
             values = [float(v) for v in result["values"]]
-            study.tell(trial, values if len(values) > 1 else values[0])
         else:  # stopped by the scheduler (ASHA) after an intermediate epoch
-            if "epoch" in result and len(study.directions) == 1:
-                trial.report(float(result["score"]), int(result["epoch"]))
-            study.tell(trial, state=TrialState.PRUNED)
-        self._after(int(number))
+            state = TrialState.PRUNED
+            if "epoch" in result and not self.book.multi:
+                intermediate = {int(result["epoch"]): float(result["score"])}
+        recorded = self._record(number, state, values, attrs, intermediate)
+        if recorded is not None:
+            self.stop_reason = self.stop_reason or self.book.after(recorded, self._hooks()) or ""
+
+    def _record(self, number: int, state: TrialState, values: list[float] | None, attrs: dict[str, Any],
+                intermediate: dict[int, float]) -> int | None:
+        """Tell the study how trial ``number`` ended; return the number it is recorded under (None: already was)."""
+        trial = self._held.pop(number, None)
+        if trial is not None:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            for step, score in intermediate.items():
+                trial.report(score, step)
+            if state == TrialState.COMPLETE:
+                self.book.study.tell(trial, values if self.book.multi else values[0])
+            else:
+                self.book.study.tell(trial, state=state)
+            return number
+        if number in self.continued:
+            steps = {**self.continued.pop(number), **intermediate}
+            self.book.fail_lost(number, CONTINUED)
+            return self.book.add_continuation(number, state=state, values=values, user_attrs=attrs,
+                                              intermediate=steps)
+        return None  # finished before a restore replayed it: nothing is recorded twice
 
     # -- state for Tuner.restore ---------------------------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({k: getattr(self, k) for k in ("numbers", "dups", "stop_reason")}, f)
+        state = {"numbers": self.numbers, "dups": self.book.dups, "stop_reason": self.stop_reason,
+                 "continued": {str(n): {str(e): s for e, s in steps.items()} for n, steps in self.continued.items()}}
+        Path(checkpoint_path).write_text(json.dumps(state, sort_keys=True))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        try:
+            state = json.loads(Path(checkpoint_path).read_text())
+            self.numbers = {str(k): int(v) for k, v in state["numbers"].items()}
+            self.book.dups, self.stop_reason = int(state["dups"]), str(state["stop_reason"])
+            self.continued = {int(n): {int(e): float(s) for e, s in steps.items()}
+                              for n, steps in state.get("continued", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SearchAborted(f"Cannot restore the Ray searcher from {checkpoint_path}: {type(exc).__name__}: "
+                                f"{exc}. It is not the JSON this autosub writes; start a new search (another "
+                                "run_dir) instead of resume=True.") from exc
+        self._restored, self._reconciled = True, False
 
     def _reconcile(self) -> None:
-        """After a restore: fail and re-enqueue this experiment's RUNNING trials that Tune will not resume."""
+        """After a restore: this experiment's RUNNING trials lost their Trial with the driver. Tune continues the
+        ones its snapshot knows (they stay RUNNING until their run ends, then are failed and their run recorded as
+        a new trial); the others are failed now and re-enqueued."""
+        if not self._restored or self._reconciled:
+            return
         self._reconciled = True
         known = set(self.numbers.values())  # the trials Tune's restored snapshot knows (and runs again)
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number in known or t.user_attrs.get("ray_experiment") != self.experiment:
+        for t in self.book.trials(TrialState.RUNNING):
+            if t.user_attrs.get("ray_experiment") != self.experiment or t.number in self._held:
                 continue
-            trial = self._trial(t.number)
-            trial.set_user_attr("fail_reason", "lost: the driver stopped before Ray Tune recorded this trial")
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(dict(t.params), user_attrs={"proposed_by": "retry", "retry_of": t.number})
-            log.info("trial %d was lost with the driver; re-enqueued", t.number)
+            if t.number in known:
+                self.continued.setdefault(t.number, {})
+                log.info("trial %d was running when the driver stopped; Ray Tune continues it", t.number)
+            else:
+                self.book.fail_lost(t.number, LOST)
+                self.book.retry(t.params, t.number, LOST)
+                log.info("trial %d was lost with the driver; re-enqueued", t.number)
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _trial(self, number: int) -> optuna.Trial:
-        study = self.study
-        return optuna.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    def _hooks(self) -> Hooks | None:
+        return _DRIVER_HOOKS.get(self.key)
+
+    def _meter(self) -> Meter:
+        """The driver's live meter in its process; elsewhere this searcher's copy (a wall-clock deadline)."""
+        hooks = self._hooks()
+        return hooks.meter if hooks is not None else self.meter
 
     def _exhausted(self) -> str | None:
-        """Why no new trial may start: the trial budget (started, not finished), then time or compute."""
-        n = started(self.study.get_trials(deepcopy=False), self.experiment)
-        if self.budget_trials is not None and n >= self.budget_trials:
-            return f"trials ({n}/{self.budget_trials})"
-        hooks = _LIVE.get(self.key)
-        if hooks is None:  # unpickled away from the driver (Ray Client): a wall-clock deadline
-            return "seconds/compute" if self.deadline is not None and time.time() >= self.deadline else None
-        m, b = hooks.meter, self.budget
-        if b.seconds is not None and m.seconds >= b.seconds:
-            return f"seconds ({m.seconds:.1f}/{b.seconds:g})"
-        if b.compute is not None and m.compute >= b.compute:
-            return f"compute ({m.compute:.2f}/{b.compute:g} full-FT epochs)"
-        return None
-
-    def _after(self, number: int) -> None:
-        """Bookkeeping after a trial ended: meter, bar, callbacks, the selector's next proposals."""
-        study, hooks = self.study, _LIVE.get(self.key)
-        frozen = study._storage.get_trial(self._trial(number)._trial_id)
-        record = to_record(frozen, self.ctx.space)
-        log.info("trial %d %s %s values=%s (%s)", number, record.selection, record.state, record.values,
-                 record.user_attrs.get("fail_reason") or record.user_attrs.get("node_ip"))
-        if hooks is not None:
-            hooks.meter.trials += 1
-            if hooks.bar is not None:
-                hooks.bar.update(1)
-            with hooks.meter.pause():
-                for cb in hooks.callbacks:
-                    cb(record, None)
-        records = [to_record(t, self.ctx.space) for t in study.get_trials(deepcopy=False)]
-        more = self.selector.propose(self.ctx, records)
-        if more is None and not _has(study, TrialState.WAITING, TrialState.RUNNING):
-            self.stop_reason = self.stop_reason or "selector finished"
-        for p in more or []:
-            _add(study, p, self.ctx.space)
+        """Why no new trial may start: the budget, with trials counted as started (not lost) in this experiment."""
+        n = started(self.book.records(), self.experiment)
+        return self._meter().exhausted(self.budget, trials=n)
 
 
 # ------------------------------------------------------------------------------------------- in the worker
@@ -299,11 +308,15 @@ def _plain(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else (list(x) if isinstance(x, (tuple, set)) else str(x))
 
 
-def load_tuned(root: Path, number: int) -> dict[str, Any] | None:
-    """The tuned tensors trial ``number`` checkpointed (any experiment of the study), or None."""
+def load_tuned(root: Path, number: int, tune_trial: str | None = None) -> dict[str, Any] | None:
+    """The tuned tensors trial ``number`` checkpointed (any experiment of the study), or None.
+
+    ``tune_trial`` finds a trial recorded under a new number (a continued run keeps its Tune directory).
+    """
     from safetensors.torch import load_file
 
-    hits = sorted(root.glob(f"*/trial_{number:05d}_*/checkpoint_*/{TUNED}"), key=lambda p: p.stat().st_mtime)
+    pattern = f"trial_*_{tune_trial}" if tune_trial else f"trial_{number:05d}_*"
+    hits = sorted(root.glob(f"*/{pattern}/checkpoint_*/{TUNED}"), key=lambda p: p.stat().st_mtime)
     return load_file(str(hits[-1])) if hits else None
 
 
@@ -311,11 +324,8 @@ def dirname(trial: Any) -> str:
     return f"trial_{int(trial.config.get('number', -1)):05d}_{trial.trial_id}"
 
 
-def started(trials: Any, experiment: str) -> int:
-    """Trials this experiment started (FrozenTrials or TrialRecords); those lost with a dead driver do not count."""
-    return sum(t.user_attrs.get("ray_experiment") == experiment
-               and not str(t.user_attrs.get("fail_reason", "")).startswith("lost") for t in trials)
-
-
-def _has(study: optuna.Study, *states: TrialState) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=states))
+def started(records: list[TrialRecord], experiment: str) -> int:
+    """Trials this experiment started; those lost with a dead driver do not count (their run is retried or
+    recorded as a new trial)."""
+    return sum(r.user_attrs.get("ray_experiment") == experiment
+               and not str(r.user_attrs.get("fail_reason", "")).startswith("lost") for r in records)

@@ -1,0 +1,389 @@
+"""The one study bookkeeping both engines use (by composition), on Optuna's public API only.
+
+:class:`StudyStore` opens and checks the storage when an engine is built (before any work) and reads the
+search state of an earlier run; :meth:`StudyStore.open` creates or loads the study for a run and returns a
+:class:`StudyBook`, which turns a selector's proposals into enqueued or finished trials, labels every trial it
+is handed (selection, n_blocks, proposed_by, trainable_params, added_cost, seconds, compute, cum_compute,
+fail_reason), settles infeasible and duplicate proposals without training, runs the after-trial step (meter,
+progress bar, callbacks, the selector's next proposals) and reads trials back as
+:class:`~autosub.hpo.result.TrialRecord`.
+
+Only public Optuna calls: ``study.ask``/``tell`` (by trial number too), ``enqueue_trial``, ``add_trial`` with
+``optuna.trial.create_trial``, ``Trial.report``/``set_user_attr``, ``get_trials(deepcopy=False, states=…)``,
+``set_user_attr``. A trial attribute can only be written through the ``Trial`` that ``ask`` returned, so an
+engine keeps those objects while its trials run. A RUNNING trial whose ``Trial`` is gone (its driver died) is
+failed with ``tell(number, state=FAIL)``; its reason goes to the study user attribute
+``autosub_fail_reason:<number>`` (one key per trial, so concurrent writers never overwrite each other), which
+:meth:`StudyBook.records` merges into the trial's record, and onto the retry that is enqueued for it
+(``retry_of``, ``retry_reason``). A run that must be recorded for such a trial is added as a new finished trial
+with the same parameters (:meth:`StudyBook.add_continuation`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ...errors import ConfigError, SearchAborted
+from ..budget import Meter
+from ..result import TrialRecord
+from ..selectors import BaseSelector, Proposal, SelectorContext, StructuredSampler
+from ..space import BoundSpace, Candidate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Job
+
+__all__ = ["FAIL_KEY", "Hooks", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "STATE_KEY", "StudyBook", "StudyStore",
+           "Verdict", "open_storage", "to_record"]
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "autosub"  # study user attr: the search state (space, prior, calibration, …)
+FAIL_KEY = "autosub_fail_reason:"  # + trial number: the reason of a trial failed after its Trial object was lost
+JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+MAX_DUPLICATES = 25  # consecutive repeats of finished configurations before the space counts as exhausted
+COPIED_FROM_DUPLICATE = ("curve", "trainable_params", "added_cost")
+
+try:  # Optuna >= 4.9 renamed it; the old name still works (deprecated)
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
+except ImportError:  # pragma: no cover
+    from optuna.storages import RetryFailedTrialCallback as _Retry
+
+
+# ------------------------------------------------------------------------------------------------ storage
+def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grace_period: int | None = None,
+                 max_retry: int = 3) -> tuple[BaseStorage, str]:
+    """Open (and check) an Optuna storage; return it and a URL/path users can pass to optuna-dashboard.
+
+    ``None`` → ``sqlite:///<run_dir>/study.db``; an Optuna URL (RDB storages get a heartbeat and
+    ``RetryHeartbeatStaleTrialCallback``: a trial whose process died is failed and re-enqueued on the next run);
+    a path ending in ``.log``/``.jsonl``/``.journal`` or ``journal:<path>`` → ``JournalStorage``; a storage object.
+    """
+    if isinstance(spec, BaseStorage):
+        return spec, getattr(spec, "url", type(spec).__name__)
+    if spec is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if not isinstance(spec, (str, Path)):
+        raise ConfigError(f"The 'storage' parameter of search must be None, an Optuna storage URL, a journal file "
+                          f"path or an optuna storage object; got {type(spec).__name__} instead.")
+    text = str(spec)
+    if text.startswith("journal:") or (("://" not in text) and text.endswith(JOURNAL_SUFFIXES)):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(text.removeprefix("journal:")).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path))), str(path)
+        except OSError as exc:
+            raise SearchAborted(f"Cannot open the journal storage {path}: {exc}. Give a writable path.") from exc
+    if "://" not in text:
+        raise ConfigError(f"The 'storage' parameter of search must be an Optuna URL such as 'sqlite:///study.db' "
+                          f"or a journal file ending in {JOURNAL_SUFFIXES}; got {text!r} instead.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(text, heartbeat_interval=heartbeat_interval,
+                                 grace_period=grace_period or 2 * heartbeat_interval,
+                                 heartbeat_stale_trial_callback=_Retry(max_retry=max_retry))
+    except ImportError as exc:
+        raise ConfigError(f"The storage URL {text!r} needs a database driver that is not installed ({exc}).") from exc
+    except Exception as exc:  # sqlalchemy errors: bad path, host down, auth
+        raise SearchAborted(f"Cannot reach the Optuna storage {text!r}: {type(exc).__name__}: {exc}. Check the URL "
+                            "(sqlite needs an existing, writable directory) or pass storage=None.") from exc
+    return storage, text
+
+
+def to_record(t: FrozenTrial, space: BoundSpace, *, fail_reason: str | None = None) -> TrialRecord:
+    """An engine-agnostic TrialRecord from an Optuna FrozenTrial (``fail_reason``: one recorded at study level)."""
+    sel, hparams = None, {}
+    if t.params and all(n in t.params for n in space.structure_names):
+        cand = space.decode(t.params)
+        sel, hparams = cand.selection, cand.hparams()
+    if "selection" in t.user_attrs:
+        sel = tuple(int(i) for i in t.user_attrs["selection"])
+    attrs = dict(t.user_attrs)
+    if fail_reason and not attrs.get("fail_reason"):
+        attrs["fail_reason"] = fail_reason
+    seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
+        else None
+    return TrialRecord(number=t.number, state=t.state.name, values=list(t.values) if t.values else None,
+                       params=dict(t.params), selection=sel, hparams=hparams, user_attrs=attrs,
+                       intermediate=dict(t.intermediate_values), seconds=attrs.get("seconds", seconds),
+                       retry_of=t.system_attrs.get("failed_trial", attrs.get("retry_of")))
+
+
+@dataclass
+class Hooks:
+    """What only the driver process holds: the budget's meter, the progress bar, the user's callbacks."""
+
+    meter: Meter
+    bar: Any = None
+    callbacks: list[Callable[[TrialRecord, Any], None]] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    """A proposal settled without training: infeasible (``values`` None) or a duplicate (its twin's values)."""
+
+    reason: str
+    values: list[float] | None = None
+
+
+class StudyStore:
+    """The storage and the study's name: opened and checked when an engine is built, before any work.
+
+    Raises:
+        ConfigError: a bad storage spec; a study that exists without ``resume``, is missing with it, or
+            optimizes other directions.
+        SearchAborted: the storage cannot be reached or read.
+    """
+
+    def __init__(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool,
+                 directions: list[str]) -> None:
+        self.storage, self.url = open_storage(storage, Path(run_dir))
+        self.study_name, self.directions = study_name, list(directions)
+        try:
+            names = optuna.study.get_all_study_names(self.storage)
+        except Exception as exc:
+            raise SearchAborted(f"Cannot read studies from {self.url!r}: {exc}") from exc
+        self.exists = study_name in names
+        if self.exists and not resume:
+            raise ConfigError(f"A study named {study_name!r} already exists in {self.url}; pass resume=True to "
+                              "continue it, or another study_name / run_dir to start afresh.")
+        if resume and not self.exists:
+            raise ConfigError(f"resume=True but {self.url} has no study named {study_name!r} (it has "
+                              f"{names}); pass the study_name and storage/run_dir of the search to continue.")
+        if self.exists:
+            got = [d.name.lower() for d in optuna.load_study(study_name=study_name, storage=self.storage).directions]
+            if got != self.directions:
+                raise ConfigError(f"The study {study_name!r} optimizes {got}, but these objectives need "
+                                  f"{self.directions}; resume it with the objectives it was created with.")
+
+    def load_state(self) -> dict[str, Any]:
+        """The search state an earlier run recorded (``{}`` for a new study)."""
+        if not self.exists:
+            return {}
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        return dict(study.user_attrs.get(STATE_KEY, {}))
+
+    def open(self, job: "Job", *, sampler: optuna.samplers.BaseSampler,
+             pruner: optuna.pruners.BasePruner) -> "StudyBook":
+        """Create or load the study for ``job`` (its metric names and search state recorded) and its book."""
+        study = optuna.create_study(storage=self.storage, sampler=sampler, pruner=pruner, study_name=self.study_name,
+                                    directions=self.directions, load_if_exists=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(job.objectives))
+        study.set_user_attr(STATE_KEY, {**study.user_attrs.get(STATE_KEY, {}), **job.state})
+        return StudyBook(storage=self.storage, study_name=self.study_name, selector=job.selector,
+                         context=job.context, sampler=sampler, pruner=pruner, study=study)
+
+
+class StudyBook:
+    """One study during a run: proposals in, trials labelled and settled, records out. Picklable (the Ray
+    searcher carries it to the head node): the study is loaded again, with the same sampler, where it lands."""
+
+    def __init__(self, *, storage: BaseStorage, study_name: str, selector: BaseSelector, context: SelectorContext,
+                 sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None,
+                 study: optuna.Study | None = None) -> None:
+        self.storage, self.study_name, self.selector, self.ctx = storage, study_name, selector, context
+        self.space: BoundSpace = context.space
+        self.sampler, self.pruner = sampler, pruner or optuna.pruners.NopPruner()
+        self.dups = 0  # consecutive duplicate proposals
+        self._study = study
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+                                            pruner=self.pruner)
+        return self._study
+
+    @property
+    def multi(self) -> bool:
+        return len(self.study.directions) > 1
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def trials(self, *states: TrialState) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states or None)
+
+    def has(self, *states: TrialState) -> bool:
+        return bool(self.trials(*states))
+
+    def frozen(self, number: int) -> FrozenTrial:
+        """Trial ``number`` as stored (trial numbers are 0, 1, … in a study)."""
+        trials = self.trials()
+        if 0 <= number < len(trials) and trials[number].number == number:
+            return trials[number]
+        return next(t for t in trials if t.number == number)
+
+    def fail_reasons(self) -> dict[int, str]:
+        """Reasons recorded at study level for trials failed after their ``Trial`` was lost."""
+        return {int(k[len(FAIL_KEY):]): v for k, v in self.study.user_attrs.items() if k.startswith(FAIL_KEY)}
+
+    def records(self) -> list[TrialRecord]:
+        reasons = self.fail_reasons()
+        return [to_record(t, self.space, fail_reason=reasons.get(t.number)) for t in self.trials()]
+
+    def record(self, number: int) -> TrialRecord:
+        return to_record(self.frozen(number), self.space,
+                         fail_reason=self.study.user_attrs.get(f"{FAIL_KEY}{number}"))
+
+    def best_value(self) -> float:
+        return max((t.values[0] for t in self.trials(TrialState.COMPLETE)), default=float("nan"))
+
+    # -- proposals ----------------------------------------------------------------------------------------
+    def add(self, proposals: Iterable[Proposal]) -> None:
+        """Enqueue each proposal, or record it as a finished trial when its result is already known."""
+        study = self.study
+        for p in proposals:
+            if p.state is None:
+                study.enqueue_trial(p.params, user_attrs=p.user_attrs, skip_if_exists=True)
+                continue
+            fixed = optuna.trial.FixedTrial(p.params)
+            self.space.suggest(fixed)  # records the exact distributions the objective uses
+            study.add_trial(optuna.trial.create_trial(
+                params=fixed.params, distributions=fixed.distributions,
+                values=p.values if p.state == "COMPLETE" else None, state=TrialState[p.state],
+                user_attrs=p.user_attrs, intermediate_values=p.intermediate))
+
+    def begin(self, *, resumed: bool, hooks: Hooks) -> str:
+        """Add the selector's first proposals (``initial`` for a new study, ``propose`` on resume).
+
+        Known results (the profile's runs) become finished trials and, for a new study, are passed to the
+        callbacks like any trial. Returns ``"selector finished"`` when the selector has nothing to run, else "".
+        """
+        first = self.selector.propose(self.ctx, self.records()) if resumed else self.selector.initial(self.ctx)
+        for p in first or []:
+            if p.state is not None:
+                p.user_attrs.setdefault("cum_compute", hooks.meter.compute)
+        self.add(first or [])
+        if hooks.callbacks and not resumed:
+            with hooks.meter.pause():
+                for t in [t for t in self.trials() if t.state.is_finished()]:
+                    for cb in hooks.callbacks:
+                        cb(self.record(t.number), None)
+        return "selector finished" if first is None else ""
+
+    # -- one trial ----------------------------------------------------------------------------------------
+    def label(self, trial: optuna.Trial, cand: Candidate, **extra: Any) -> None:
+        """Record what trial ``trial`` will train: selection, size, who proposed it, its parameter and cost."""
+        sel = cand.selection
+        by = trial.user_attrs.get("proposed_by")
+        if not by and isinstance(self.sampler, StructuredSampler):
+            by = self.sampler.proposed_by(trial.number)
+        info = {"selection": list(sel), "n_blocks": len(sel), "proposed_by": by or "sampler",
+                "trainable_params": self.space.trainable_params(sel), "added_cost": self.space.added_cost(sel),
+                **extra}
+        for k, v in info.items():
+            trial.set_user_attr(k, v)
+
+    def screen(self, trial: optuna.Trial, cand: Candidate) -> Verdict | None:
+        """Settle a proposal that must not be trained: infeasible (→ FAIL) or already finished (→ its values).
+
+        Returns:
+            None when the trial should run, else a :class:`Verdict`; the trial's attributes (``fail_reason`` or
+            ``duplicate_of`` and the twin's curve and sizes) are recorded. The caller tells the study.
+        """
+        why = self.space.violation(cand.selection)
+        if why:
+            trial.set_user_attr("fail_reason", f"infeasible: {why}")
+            return Verdict(f"infeasible selection {cand.selection}: {why}")
+        params = trial.params
+        dup = next((t for t in self.trials(TrialState.COMPLETE) if t.params == params and t.number != trial.number),
+                   None)
+        if dup is None:
+            self.dups = 0
+            return None
+        self.dups += 1
+        trial.set_user_attr("duplicate_of", dup.number)
+        for k in COPIED_FROM_DUPLICATE:
+            if k in dup.user_attrs:
+                trial.set_user_attr(k, dup.user_attrs[k])
+        return Verdict(f"duplicate of trial {dup.number}", list(dup.values))
+
+    @staticmethod
+    def timing(trial: optuna.Trial, seconds: float, meter: Meter) -> None:
+        """Record a trial's wall seconds, their compute and the search's compute so far."""
+        trial.set_user_attr("seconds", round(seconds, 4))
+        trial.set_user_attr("compute", meter.to_compute(seconds))
+        trial.set_user_attr("cum_compute", meter.compute)
+
+    def retry(self, params: dict[str, Any], number: int, reason: str, *, proposed_by: str = "retry") -> None:
+        """Enqueue trial ``number``'s parameters again, saying why (``retry_of``, ``retry_reason``)."""
+        self.study.enqueue_trial(dict(params), user_attrs={"proposed_by": proposed_by, "retry_of": number,
+                                                           "retry_reason": reason})
+
+    def fail_lost(self, number: int, reason: str) -> None:
+        """Fail a RUNNING trial whose ``Trial`` object is gone (its driver died), by number; keep the reason."""
+        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        self.study.set_user_attr(f"{FAIL_KEY}{number}", reason)
+
+    def add_continuation(self, number: int, *, state: TrialState, values: Sequence[float] | None = None,
+                         user_attrs: dict[str, Any] | None = None,
+                         intermediate: dict[int, float] | None = None) -> int:
+        """Record a run of lost trial ``number`` that went on elsewhere as a new finished trial (same params).
+
+        The new trial carries ``retry_of`` and ``continues`` (both ``number``); a lost trial is continued once.
+
+        Returns:
+            The new trial's number; the existing one when this continuation was recorded before (no duplicates).
+        """
+        done = [t.number for t in self.trials() if t.user_attrs.get("continues") == number]
+        if done:
+            return done[0]
+        old = self.frozen(number)
+        attrs = {k: v for k, v in old.user_attrs.items() if k != "fail_reason"}
+        attrs.update(user_attrs or {})
+        attrs.update(retry_of=number, continues=number)
+        self.study.add_trial(optuna.trial.create_trial(
+            state=state, values=list(values) if state == TrialState.COMPLETE and values is not None else None,
+            params=dict(old.params), distributions=dict(old.distributions), user_attrs=attrs,
+            intermediate_values={**old.intermediate_values, **(intermediate or {})}))
+        return next(t.number for t in self.trials() if t.user_attrs.get("continues") == number)
+
+    # -- after a trial ------------------------------------------------------------------------------------
+    def after(self, number: int, hooks: Hooks | None, *, model: Any = None) -> str | None:
+        """The after-trial step: log, meter, progress bar, callbacks, then the selector's next proposals.
+
+        Args:
+            number: The trial that just finished.
+            hooks: The driver's meter, bar and callbacks (None away from the driver: only proposals are added).
+            model: The trial's trained model, when the engine kept it (passed to the callbacks).
+
+        Returns:
+            ``"space exhausted (…)"`` after too many duplicates in a row, ``"selector finished"`` when the
+            selector has nothing left and nothing waits or runs, else None. The budget is the engine's check.
+        """
+        rec = self.record(number)
+        log.info("trial %d %s %s values=%s (%s)", number, rec.selection, rec.state, rec.values,
+                 rec.user_attrs.get("fail_reason") or rec.user_attrs.get("node_ip") or
+                 rec.user_attrs.get("proposed_by"))
+        if hooks is not None:
+            hooks.meter.trials += 1
+            if hooks.bar is not None:
+                hooks.bar.update(1)
+                compute = hooks.meter.compute
+                hooks.bar.set_postfix(best=f"{self.best_value():.4f}",
+                                      compute="n/a" if math.isnan(compute) else f"{compute:.2f}")
+            with hooks.meter.pause():
+                for cb in hooks.callbacks:
+                    cb(rec, model)
+        more = self.selector.propose(self.ctx, self.records())
+        self.add(more or [])
+        if self.dups >= MAX_DUPLICATES:
+            return f"space exhausted ({MAX_DUPLICATES} repeated configurations in a row)"
+        if more is None and not self.has(TrialState.WAITING, TrialState.RUNNING):
+            return "selector finished"
+        return None
