@@ -29,6 +29,7 @@ from ..data.task import Task, concat_splits, take, to_device
 from ..errors import ConfigError, check_positive
 from ..model.cost import try_count_flops
 from ..model.subtune import tuned_tensors
+from ..selection.prior import Prior
 from ..selection.profiling import profile as run_profile
 from ..training.cache import ActivationCache
 from ..training.folds import CacheView, cv_folds_of, holdout_rows
@@ -39,7 +40,7 @@ from .config import RunConfig, TrainingConfig, as_config
 from .backends import Backend, RayBackend, resolve_backend
 from .engines import EngineRun, Job, TrialOutcome
 from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint
-from .selectors import BaseSelector, Prior, SelectorContext, get_selector
+from .selectors import BaseSelector, SelectorContext, get_selector
 from .space import BoundSpace, Candidate, SearchSpace
 
 __all__ = ["OBJECTIVES", "measure_epoch_seconds", "search"]

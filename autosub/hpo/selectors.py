@@ -27,9 +27,8 @@ Without a prior the same sampler draws uniformly (``tpe`` with ``prior=None``; `
 from __future__ import annotations
 
 import logging
-import statistics
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import optuna
@@ -37,6 +36,7 @@ from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 
 from ..errors import ConfigError
 from ..selection.greedy_selection import accepts, choose_move
+from ..selection.prior import Prior
 from .space import KINDS, BoundSpace
 
 __all__ = ["BaseSelector", "GreedySelector", "NSGA2Selector", "Prior", "Proposal", "RandomSelector", "SELECTORS",
@@ -46,60 +46,6 @@ __all__ = ["BaseSelector", "GreedySelector", "NSGA2Selector", "Prior", "Proposal
 log = logging.getLogger(__name__)
 
 LADDER = (0, 1, -1)  # enqueued prior trials: lr = center · (high/low)^(step/4): center, above, below
-
-
-# ------------------------------------------------------------------------------------------------------ prior
-@dataclass
-class Prior:
-    """A rating of the blocks (best first) with optional pair scores and the profile it came from."""
-
-    ranking: list[int]
-    scores: dict[int, float] = field(default_factory=dict)
-    pairs: list[tuple[tuple[int, int], float]] = field(default_factory=list)
-    source: str = "user"
-    profile: Any = None  # an autosub.profile.Profile, when the prior is one
-
-    @classmethod
-    def of(cls, obj: Any, n_blocks: int) -> Prior:
-        """Build a Prior from a Profile, a Prior, a ``{block: score}`` mapping or a per-block score sequence."""
-        if isinstance(obj, Prior):
-            prior = obj
-        elif hasattr(obj, "ranking") and hasattr(obj, "entries"):
-            scores = {int(e.block): float(e.mean) for e in obj.entries if e.block is not None}
-            pairs = sorted(((tuple(int(i) for i in p.selection), float(p.mean)) for p in getattr(obj, "pairs", [])),
-                           key=lambda kv: -kv[1])
-            prior = cls([int(b) for b in obj.ranking()], scores, pairs, "profile", obj)  # type: ignore[arg-type]
-        elif isinstance(obj, Mapping):
-            scores = {int(k): float(v) for k, v in obj.items()}
-            prior = cls(sorted(scores, key=lambda b: (-scores[b], b)), scores, [], "scores")
-        elif isinstance(obj, Sequence) and not isinstance(obj, str) and len(obj) == n_blocks:
-            scores = {i: float(v) for i, v in enumerate(obj)}
-            prior = cls(sorted(scores, key=lambda b: (-scores[b], b)), scores, [], "scores")
-        else:
-            raise ConfigError(f"The 'prior' parameter of search must be 'profile', None, a Profile, a {{block: score}} "
-                              f"dict or {n_blocks} per-block scores; got {type(obj).__name__} instead.")
-        bad = [b for b in prior.ranking if not 0 <= b < n_blocks]
-        if bad or not prior.ranking:
-            raise ConfigError(f"The prior rates blocks {bad or prior.ranking} but the model has blocks "
-                              f"0..{n_blocks - 1}; build it on the same model.")
-        return prior
-
-    def z(self, n_blocks: int) -> np.ndarray:
-        """Per-block normal quantile of the rank (best ≈ +2, worst ≈ -2; unrated blocks 0)."""
-        z = np.zeros(n_blocks)
-        m = len(self.ranking)
-        for r, b in enumerate(self.ranking):
-            z[b] = statistics.NormalDist().inv_cdf((m - r - 0.5) / m)
-        return z
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ranking": list(self.ranking), "scores": {str(k): v for k, v in self.scores.items()},
-                "pairs": [[list(p), s] for p, s in self.pairs], "source": self.source}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Prior:
-        return cls([int(b) for b in d["ranking"]], {int(k): float(v) for k, v in d.get("scores", {}).items()},
-                   [((int(p[0][0]), int(p[0][1])), float(p[1])) for p in d.get("pairs", [])], d.get("source", "user"))
 
 
 @dataclass
