@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "SearchResult": "hpo.result",
     "Budget": "hpo.budget",
     "SearchSpace": "hpo.space",
+    "TrainingConfig": "hpo.config",
+    "RunConfig": "hpo.config",
     "OptunaBackend": "hpo.backends",
     "RayBackend": "hpo.backends",
     "AutoSubError": "errors",
@@ -52,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "WeightsError": "errors",
     "MissingDependencyError": "errors",
     "TrialFailed": "errors",
+    "TrainingDiverged": "errors",
+    "TrialOutOfMemory": "errors",
     "SearchAborted": "errors",
 }
 # Public submodules reachable as attributes (``from autosub import zoo``); ``import autosub.zoo`` works too.
@@ -80,9 +84,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data.sources import as_task
     from .data.task import Split, Task
     from .errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, MissingDependencyError,
-                         SearchAborted, SelectionError, TrialFailed, WeightsError)
+                         SearchAborted, SelectionError, TrainingDiverged, TrialFailed, TrialOutOfMemory, WeightsError)
     from .hpo.backends import OptunaBackend, RayBackend
     from .hpo.budget import Budget
+    from .hpo.config import RunConfig, TrainingConfig
     from .hpo.result import SearchResult
     from .hpo.searching import search
     from .hpo.space import SearchSpace

@@ -163,7 +163,8 @@ def main() -> None:
     import autosub
     from autosub.model.blocks import discover_blocks
     from autosub.model.heads import replace_head
-    from autosub.hpo.searching import measure_epoch_seconds, search
+    from autosub.hpo.calibration import measure_epoch_seconds
+    from autosub.hpo.searching import search
     from autosub.hpo.budget import Budget
     from autosub.hpo.space import SearchSpace
 

@@ -298,10 +298,10 @@ def test_cross_validated_trials_score_the_mean_over_folds_from_one_cache(model, 
 
 def test_ties_go_to_the_cheaper_selection():
     from autosub.hpo.result import TrialRecord
-    from autosub.hpo.searching import _preference
+    from autosub.hpo.result import preference
 
     def rec(n, score, params, cost):
         return TrialRecord(n, "COMPLETE", [score], {}, (n,), user_attrs={"trainable_params": params, "added_cost": cost})
 
     recs = [rec(0, 0.9, 5000, 0.5), rec(1, 0.9, 800, 0.6), rec(2, 0.9, 800, 0.2), rec(3, 0.85, 10, 0.0)]
-    assert max(recs, key=_preference).number == 2
+    assert max(recs, key=preference).number == 2

@@ -8,6 +8,7 @@ BatchNorm buffers included) and ``trials.csv``; ``load(dir)`` + ``to_model(base_
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from .._io import atomic_write, load_tensors, read_json, save_tensors, write_jso
 from .._version import __version__
 from ..errors import ConfigError, WeightsError
 
-__all__ = ["SearchResult", "TrialRecord", "pareto_front", "trials_frame", "trunk_fingerprint"]
+__all__ = ["SearchResult", "TrialRecord", "pareto_front", "preference", "selection_uncertainty", "trials_frame",
+           "trunk_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,30 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str]) -> l
             seen.add(tuple(v))
             front.append(r)
     return sorted(front, key=lambda r: -(r.score or 0.0))
+
+
+def preference(record: TrialRecord) -> tuple[float, ...]:
+    """Best score first; among equal scores (small validation sets score in coarse steps) the cheaper selection:
+    fewer trainable parameters, then lower added inference cost, then the earlier trial."""
+    u = record.user_attrs
+    params = u.get("trainable_params")
+    cost = u.get("added_cost")
+    return (float(record.values[0]), -float(params if params is not None else math.inf),
+            -float(cost if cost is not None else math.inf), -record.number)
+
+
+def selection_uncertainty(done: list[TrialRecord], best: TrialRecord, n_val: int) -> dict[str, Any]:
+    """How sure the choice is: the best trial's fold spread (cross-validation) and how many trials score within
+    one standard error of it (with a single validation split: within one binomial standard error)."""
+    u = best.user_attrs
+    folds = u.get("fold_scores")
+    score = float(best.values[0])
+    if folds:
+        se = float(u.get("cv_std", 0.0)) / math.sqrt(len(folds))
+    else:
+        se = math.sqrt(max(score * (1 - score), 1e-12) / max(1, n_val))
+    close = [r.number for r in done if r.number != best.number and float(r.values[0]) >= score - se]
+    return {"score_se": se, "fold_scores": folds, "within_one_se": close}
 
 
 @dataclass

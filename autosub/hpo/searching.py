@@ -12,9 +12,7 @@
 """
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,7 +23,7 @@ import torch
 from torch import nn
 
 from ..data.sources import as_task
-from ..data.task import Task, concat_splits, take, to_device
+from ..data.task import Task, concat_splits
 from ..errors import ConfigError, check_positive
 from ..model.cost import try_count_flops
 from ..model.subtune import tuned_tensors
@@ -35,15 +33,17 @@ from ..training.cache import ActivationCache
 from ..training.folds import CacheView, cv_folds_of, holdout_rows
 from ..training.setup import BlocksSpec, Setup, blocks_spec, build_cache, prepare, with_head
 from ..training.trainer import evaluate, fit
-from .budget import Budget, Meter
-from .config import RunConfig, TrainingConfig, as_config
 from .backends import Backend, RayBackend, resolve_backend
+from .budget import Budget, Meter
+from .calibration import measure_epoch_seconds, profile_affordable
+from .config import RunConfig, TrainingConfig, as_config
 from .engines import EngineRun, Job, TrialOutcome
-from .result import SearchResult, TrialRecord, pareto_front, trials_frame, trunk_fingerprint
+from .result import (SearchResult, TrialRecord, pareto_front, preference, selection_uncertainty, trials_frame,
+                     trunk_fingerprint)
 from .selectors import BaseSelector, SelectorContext, get_selector
 from .space import BoundSpace, Candidate, SearchSpace
 
-__all__ = ["OBJECTIVES", "measure_epoch_seconds", "search"]
+__all__ = ["OBJECTIVES", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -258,40 +258,6 @@ def _caches(plan: _Plan, setup: Setup, boundaries: list[int]) -> tuple[Any, list
     return view(holdout_rows(setup.view)), [(fold, view(rows)) for fold, rows in splits]
 
 
-def measure_epoch_seconds(work: nn.Module, task: Task, partition: Any = None, *, batch_size: int,
-                          device: torch.device, amp: bool | None = None, steps: int = 2) -> float:
-    """Estimate one full-finetune epoch (train steps + validation pass) from a few timed steps."""
-    net = copy.deepcopy(work).to(device).train()
-    for p in net.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    amp = device.type == "cuda" if amp is None else amp
-    n, bs = len(task.train), min(batch_size, len(task.train))
-    idx = torch.arange(bs)
-    x, y = to_device(take(task.train.inputs, idx), device), task.train.targets[idx].to(device)
-    times = []
-    for i in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-    net.eval()
-    m = min(len(task.val), 256)
-    t0 = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        net(to_device(take(task.val.inputs, torch.arange(m)), device))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    val_s = (time.perf_counter() - t0) * len(task.val) / m
-    return float(math.ceil(n / bs) * (sum(times) / len(times)) + val_s)
-
-
 # ---------------------------------------------------------------------------------------------------- prior
 def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
     """The saved prior on resume, a one-epoch profile inside the budget, the one passed, or None."""
@@ -302,7 +268,7 @@ def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
         return Prior.from_dict(state.saved["prior"])
     if not isinstance(prior, str):
         return Prior.of(prior, n)
-    if not _profile_affordable(plan.budget, state.bound, state.meter.epoch_seconds):
+    if not profile_affordable(plan.budget, state.bound, state.meter.epoch_seconds):
         log.warning("the budget (%s) is too small for a profile prior; searching without one", plan.budget.describe())
         return None
     t0 = time.perf_counter()
@@ -313,14 +279,6 @@ def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
                        progress=plan.run.progress)
     state.meter.add_phase("prior", time.perf_counter() - t0)
     return Prior.of(prof, n)
-
-
-def _profile_affordable(budget: Budget, bound: BoundSpace, epoch_seconds: float) -> bool:
-    """Whether the one-epoch profile (estimated from FLOP shares) costs at most half a compute or time budget."""
-    share = bound.fork_share or [1.0] * (bound.n + 1)
-    est = sum(share[: bound.n])  # one epoch per block, in full-FT epochs
-    limits = [budget.compute, budget.seconds / epoch_seconds if budget.seconds else None]
-    return all(limit is None or est <= 0.5 * limit for limit in limits)
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -375,7 +333,7 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
     if not done:
         raise ConfigError(f"The search finished no trial (stopped by: {run.stop_reason}); raise the budget. "
                           f"Failures: {[r.user_attrs.get('fail_reason') for r in run.records if r.state == 'FAIL']}")
-    best = max(front if plan.multi else done, key=_preference)
+    best = max(front if plan.multi else done, key=preference)
     cand = state.bound.decode(best.params)
     t0 = time.perf_counter()
     final = _final_model(plan, state, run, best, cand)
@@ -389,7 +347,7 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
               "block_names": list(setup.partition.names), "blocks": blocks_spec(setup.partition),
               "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(setup.work, setup.partition),
               "retrained": tr.retrain, "budget": plan.budget.__dict__, "run": plan.run.to_dict(),
-              "cv_folds": tr.cv_folds, "uncertainty": _uncertainty(done, best, len(setup.view.val)),
+              "cv_folds": tr.cv_folds, "uncertainty": selection_uncertainty(done, best, len(setup.view.val)),
               "task": {"train": len(task.train), "val": len(task.val), "test": n_test}}
     pareto = [{"number": r.number, "selection": list(r.selection or ()), "score": r.score,
                "added_cost": r.user_attrs.get("added_cost"), "trainable_params": r.user_attrs.get("trainable_params"),
@@ -403,30 +361,6 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
         objectives=plan.objectives, best_trial=best.number, study_name=run.study_name, storage=run.storage,
         run_dir=str(plan.run_path), prior=the_prior.to_dict() if the_prior else None, config=config,
         state=tuned_tensors(final, tuple(best.selection), setup.partition), study=run.study)
-
-
-def _preference(record: TrialRecord) -> tuple[float, ...]:
-    """Best score first; among equal scores (small validation sets score in coarse steps) the cheaper selection:
-    fewer trainable parameters, then lower added inference cost, then the earlier trial."""
-    u = record.user_attrs
-    params = u.get("trainable_params")
-    cost = u.get("added_cost")
-    return (float(record.values[0]), -float(params if params is not None else math.inf),
-            -float(cost if cost is not None else math.inf), -record.number)
-
-
-def _uncertainty(done: list[TrialRecord], best: TrialRecord, n_val: int) -> dict[str, Any]:
-    """How sure the choice is: the best trial's fold spread (cross-validation) and how many trials score within
-    one standard error of it (with a single validation split: within one binomial standard error)."""
-    u = best.user_attrs
-    folds = u.get("fold_scores")
-    score = float(best.values[0])
-    if folds:
-        se = float(u.get("cv_std", 0.0)) / math.sqrt(len(folds))
-    else:
-        se = math.sqrt(max(score * (1 - score), 1e-12) / max(1, n_val))
-    close = [r.number for r in done if r.number != best.number and float(r.values[0]) >= score - se]
-    return {"score_se": se, "fold_scores": folds, "within_one_se": close}
 
 
 def _final_model(plan: _Plan, state: _State, run: EngineRun, best: TrialRecord, cand: Candidate) -> nn.Module:
