@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .deploy import add_parsers as add_deploy_parsers
+
 
 def _demo(args: argparse.Namespace) -> int:
     """autosub's main job on shipped data: EfficientNet-Lite0 (ImageNet weights) → MNIST in low data.
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default autosub-runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    add_deploy_parsers(sub)  # export, serve-check
     return parser
 
 

@@ -1,0 +1,162 @@
+"""Multi-task serving benchmark: one model vs N separate models vs one MultiTaskModel with N tasks.
+
+EfficientNet-Lite0 (real ImageNet weights from ``autosub.zoo`` when the data extra is installed; the same
+architecture untrained otherwise — speed does not depend on the values) at a small resolution on the CPU.
+Each task is a delta of one or more tuned blocks and a new 10-way head; fork patterns:
+
+* ``last``   — every task tunes the last block (blocks.6 + conv_head + bn2);
+* ``stage5`` — every task tunes blocks.5.0 (blocks.5.1 … bn2 stay frozen: they run once on the concatenation);
+* ``spread`` — task i tunes block 15 - i (forks at depths 15, 14, …, 8).
+
+For each configuration it reports latency per batch and throughput of one standalone model, of N standalone
+models run one after the other, and of the MultiTaskModel, and
+
+    overhead      = t(MultiTaskModel) / t(one model) - 1
+    flop_share    = FLOPs(MultiTaskModel) / FLOPs(one model) - 1     (from autosub.model.cost.count_flops per block
+                    and the model's own fork/merge plan: block j runs once per distinct stream that reaches it)
+    overhead_over_flop_share = overhead / flop_share                 (goal ≤ 1.1; configurations with
+                    flop_share < 0.05 are listed but not rated: there the ratio measures timing noise)
+
+``cpu_overhead_over_flop_share`` in ``benchmarks/results/multitask[_quick].json`` is the worst rated ratio.
+Timings interleave the three measurements round by round and keep each one's minimum (the machine is shared).
+
+    python benchmarks/bench_multitask.py            # 96 px, batch 32, 7 rounds   (~6 min on 2 busy cores)
+    python benchmarks/bench_multitask.py --quick    # 64 px, batch 16, 4 rounds   (≤ 3 min)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
+
+from autosub import Delta, MultiTaskModel, discover_blocks, replace_head  # noqa: E402
+from autosub.model.cost import count_flops  # noqa: E402
+
+PATTERNS = {"last": lambda i: (15,), "stage5": lambda i: (11,), "spread": lambda i: (15 - i,)}
+MIN_RATED_SHARE = 0.05
+
+
+def make_trunk() -> torch.nn.Module:
+    try:
+        from autosub.model.zoo import efficientnet_lite0
+
+        return efficientnet_lite0()
+    except Exception:  # data extra missing: same architecture, same speed
+        import timm
+
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+
+
+def tuned_copy(trunk: torch.nn.Module, selection: tuple[int, ...], seed: int) -> torch.nn.Module:
+    """A stand-in for a SubTuned model: a new 10-way head and perturbed selected blocks (speed is value-free)."""
+    g = torch.Generator().manual_seed(seed)
+    model = replace_head(copy.deepcopy(trunk), 10, seed=seed)
+    part = discover_blocks(model)
+    with torch.no_grad():
+        for i in selection:
+            for path in part[i].modules:
+                for p in model.get_submodule(path).parameters():
+                    p.add_(0.01 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def best_of(fn, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(trunk, pattern: str, n: int, x: torch.Tensor, rounds: int) -> dict:
+    selections = [PATTERNS[pattern](i) for i in range(n)]
+    models = [tuned_copy(trunk, s, i) for i, s in enumerate(selections)]
+    deltas = {f"task{i}": Delta.from_model(m, s, trunk=trunk) for i, (m, s) in enumerate(zip(models, selections))}
+    mt = MultiTaskModel(trunk, deltas, example_inputs=x[:4])
+    part = discover_blocks(models[0])
+    flops = count_flops(models[0], part, x[:1])
+    runs = mt.block_runs()
+    mt_flops = flops.stem + sum(r * f for r, f in zip(runs, flops.blocks)) + n * flops.tail
+    one, sep, multi = [], [], []
+    with torch.inference_mode():
+        models[0](x), mt(x)  # warm up
+        for _ in range(rounds):  # interleaved, so a busy spell on the shared machine hits all three alike
+            one.append(best_of(lambda: models[0](x), 1))
+            multi.append(best_of(lambda: mt(x), 1))
+            sep.append(best_of(lambda: [m(x) for m in models], 1))
+    t_one, t_sep, t_mt = min(one), min(sep), min(multi)
+    share = mt_flops / flops.total - 1
+    overhead = t_mt / t_one - 1
+    batch = x.shape[0]
+    return {"pattern": pattern, "tasks": n, "forks": sorted({min(s) for s in selections}),
+            "fork_blocks": [part[min(s)].name for s in selections], "mode": mt.mode_, "block_runs": list(runs),
+            "one_model_ms": round(t_one * 1e3, 2), "separate_models_ms": round(t_sep * 1e3, 2),
+            "multitask_ms": round(t_mt * 1e3, 2), "one_model_img_s": round(batch / t_one, 1),
+            "separate_models_img_s": round(n * batch / t_sep, 1), "multitask_img_s": round(n * batch / t_mt, 1),
+            "overhead": round(overhead, 4), "separate_overhead": round(t_sep / t_one - 1, 4),
+            "flop_share": round(share, 4),
+            "overhead_over_flop_share": round(overhead / share, 3) if share >= MIN_RATED_SHARE else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="64 px, batch 16, 4 rounds (≤ 3 minutes)")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--tasks", default="1,2,4,8", help="comma-separated task counts")
+    ap.add_argument("--patterns", default=",".join(PATTERNS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    px = args.image_size or (64 if args.quick else 96)
+    batch = args.batch_size or (16 if args.quick else 32)
+    rounds = args.rounds or (4 if args.quick else 7)
+    out_path = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results" /
+                                                ("multitask_quick.json" if args.quick else "multitask.json"))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    trunk = make_trunk()
+    x = torch.randn(batch, 3, px, px)
+    rows = []
+    start = time.perf_counter()
+    print(f"EfficientNet-Lite0, {px} px, batch {batch}, {args.threads} thread(s), {rounds} rounds (min of each)")
+    print(f"{'pattern':<8} {'N':>2} {'mode':<6} {'one ms':>8} {'N sep ms':>9} {'multi ms':>9} {'overhead':>9} "
+          f"{'FLOP share':>10} {'ratio':>6} {'img/s multi':>11}")
+    for pattern in args.patterns.split(","):
+        for n in (int(v) for v in args.tasks.split(",")):
+            r = measure(trunk, pattern, n, x, rounds)
+            rows.append(r)
+            ratio = f"{r['overhead_over_flop_share']:.2f}" if r["overhead_over_flop_share"] is not None else "-"
+            print(f"{pattern:<8} {n:>2} {r['mode']:<6} {r['one_model_ms']:>8.1f} {r['separate_models_ms']:>9.1f} "
+                  f"{r['multitask_ms']:>9.1f} {r['overhead']:>+9.3f} {r['flop_share']:>10.3f} {ratio:>6} "
+                  f"{r['multitask_img_s']:>11.1f}", flush=True)
+    rated = [r["overhead_over_flop_share"] for r in rows if r["overhead_over_flop_share"] is not None]
+    worst = max(rated) if rated else None
+    summary = {"cpu_overhead_over_flop_share": worst, "goal": 1.1,
+               "meets_goal": worst is not None and worst <= 1.1, "rated_configurations": len(rated),
+               "min_rated_flop_share": MIN_RATED_SHARE, "seconds": round(time.perf_counter() - start, 1)}
+    print(f"\ncpu_overhead_over_flop_share (worst rated configuration) = {worst} (goal ≤ 1.1); "
+          f"{summary['seconds']} s")
+    result = {"machine": describe_machine(),
+              "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+              "config": {"model": "efficientnet_lite0", "image_size": px, "batch_size": batch, "rounds": rounds,
+                         "threads": args.threads, "head_classes": 10, "timing": "min over interleaved rounds"},
+              "summary": summary, "rows": rows}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
