@@ -216,3 +216,14 @@ def test_inference_only_and_clear_errors(cnn):
         mt(torch.randn(2, 3, 32, 32))
     with pytest.raises(ConfigError, match="'mode'"):
         MultiTaskModel(trunk, mode="fast")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_each_task_equals_its_standalone_model(cnn):
+    trunk, fits, deltas = cnn
+    mt = MultiTaskModel(trunk, deltas).cuda()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        out = mt(x.cuda())
+        for name, res in fits.items():
+            torch.testing.assert_close(out[name].cpu(), res.model(x), rtol=1e-3, atol=1e-4)
