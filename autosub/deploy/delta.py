@@ -432,7 +432,7 @@ def _read_record(d: Path) -> dict[str, Any]:
 def _read_tensors(d: Path, record: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = d / str(record.get("tensors_file", DELTA_TENSORS))
+    path = d / DELTA_TENSORS  # never a path taken from the record: a delta reads only its own directory
     if not path.is_file():
         raise WeightsError(f"{str(d)!r} has {DELTA_JSON} but no {path.name}; copy the whole delta directory.")
     size, want = path.stat().st_size, record.get("tensors_bytes")
