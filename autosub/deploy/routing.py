@@ -292,6 +292,8 @@ def _route_call(run: Run, path: str, site: Site, original: Callable, *args: Any,
     if frozen_out is not None and tuple(frozen) == tuple(layout_out):
         return frozen_out  # every stream used the frozen module, already in the new layout
     first_leaves, spec = results[layout_out[0]]
+    if len(layout_out) == 1:
+        return unflatten(first_leaves, spec)  # one stream: nothing to stack
     merged = [torch.cat([results[s][0][j] for s in layout_out]) if _leaf_carries(slots, j, leaf, batch) else leaf
               for j, leaf in enumerate(first_leaves)]
     return unflatten(merged, spec)
