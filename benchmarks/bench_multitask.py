@@ -21,9 +21,9 @@ models run one after the other, and of the MultiTaskModel, and
 
 Timing on a shared machine: with one torch thread every kernel runs in the calling thread, so the thread's CPU
 time (``time.thread_time``) measures the work itself, not how often the scheduler lent the core to someone else.
-The ratios use it; wall-clock times are reported next to it. The three measurements interleave round by round
-and each keeps its minimum; one model's cost is the minimum over its own runs and the N separate models' runs
-(more samples of the same cost, so the baseline can only be lower and the overhead larger).
+Wall-clock times are reported next to it. Each round runs one model, the MultiTaskModel, one model again and the N
+separate models; ``overhead`` is the median over rounds of t(multi) / mean(t(one) just before, just after) - 1
+(a pair sees the same load, which drifts over seconds on a shared machine). The ms columns are minimums.
 
     python benchmarks/bench_multitask.py            # 128 px, batch 8, 8 rounds   (~6 min on 2 busy cores)
     python benchmarks/bench_multitask.py --quick    # 64 px, batch 8, 8 rounds    (≤ 3 min)
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -126,15 +127,16 @@ def measure(trunk, pattern: str, n: int, x: torch.Tensor, rounds: int, time_shar
         for _ in range(rounds):  # interleaved, so a busy spell on the shared machine hits all three alike
             one.append(timed(lambda: models[0](x)))
             multi.append(timed(lambda: mt(x)))
-            sep.append(timed(lambda: [m(x) for m in models]))
             one.append(timed(lambda: models[1 % n](x)))
+            sep.append(timed(lambda: [m(x) for m in models]))
+    # the overhead pairs each multi-task run with the one-model runs just before and after it (the load on a
+    # shared machine drifts over seconds; a pair sees the same load) and takes the median over rounds
+    paired = sorted(m[0] / ((one[2 * i][0] + one[2 * i + 1][0]) / 2) for i, m in enumerate(multi))
+    overhead = statistics.median(paired) - 1
     (c_one, w_one), (c_sep, w_sep), (c_mt, w_mt) = (tuple(map(min, zip(*t))) for t in (one, sep, multi))
-    # N separate models are N more samples of one model's cost: the baseline is the lowest of all of them, which
-    # can only make the measured overhead larger (the conservative side)
-    c_one, w_one = min(c_one, c_sep / n), min(w_one, w_sep / n)
+    c_one, w_one = min(c_one, c_sep / n), min(w_one, w_sep / n)  # N separate models: N more samples of one
     share = mt_flops / flops.total - 1
     time_share = sum((r - 1) * t for r, t in zip(runs, time_shares))
-    overhead = c_mt / c_one - 1
     batch = x.shape[0]
     return {"pattern": pattern, "tasks": n, "forks": sorted({min(s) for s in selections}),
             "fork_blocks": [part[min(s)].name for s in selections], "mode": mt.mode_, "block_runs": list(runs),
@@ -143,7 +145,8 @@ def measure(trunk, pattern: str, n: int, x: torch.Tensor, rounds: int, time_shar
             "separate_models_wall_ms": round(w_sep * 1e3, 2), "multitask_wall_ms": round(w_mt * 1e3, 2),
             "one_model_img_s": round(batch / c_one, 1), "separate_models_img_s": round(n * batch / c_sep, 1),
             "multitask_img_s": round(n * batch / c_mt, 1),
-            "overhead": round(overhead, 4), "separate_overhead": round(c_sep / c_one - 1, 4),
+            "overhead": round(overhead, 4), "overhead_of_minimums": round(c_mt / c_one - 1, 4),
+            "paired_ratios": [round(r, 4) for r in paired], "separate_overhead": round(c_sep / c_one - 1, 4),
             "wall_overhead": round(w_mt / w_one - 1, 4), "flop_share": round(share, 4),
             "time_share": round(time_share, 4),
             "overhead_over_flop_share": round(overhead / share, 3) if share >= MIN_RATED_SHARE else None,
