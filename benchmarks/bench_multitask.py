@@ -25,7 +25,7 @@ Wall-clock times are reported next to it. Each round runs one model, the MultiTa
 separate models; ``overhead`` is the median over rounds of t(multi) / mean(t(one) just before, just after) - 1
 (a pair sees the same load, which drifts over seconds on a shared machine). The ms columns are minimums.
 
-    python benchmarks/bench_multitask.py            # 128 px, batch 8, 8 rounds   (~6 min on 2 busy cores)
+    python benchmarks/bench_multitask.py            # 96 px, batch 8, 8 rounds    (~5 min on 2 busy cores)
     python benchmarks/bench_multitask.py --quick    # 64 px, batch 8, 8 rounds    (≤ 3 min)
 """
 from __future__ import annotations
@@ -82,11 +82,11 @@ def timed(fn) -> tuple[float, float]:
 
 
 def block_time_shares(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> list[float]:
-    """Each block's share of one forward's thread CPU time (hooks on its modules; min over rounds).
+    """Each block's share of one forward's thread CPU time (hooks on its modules; median over rounds of the
+    per-round share, so a block and the total are always timed in the same forward).
 
-    FLOPs count only convolutions and matmuls; on a CPU at small resolution the late blocks (2x2 or 3x3 maps) take
-    a larger share of the *time* than of the FLOPs (fixed per-op costs, BatchNorm and activations). This share
-    separates that from the router's own overhead."""
+    FLOPs count only convolutions and matmuls; on a CPU at small resolution a block's share of the *time* can
+    differ from its share of the FLOPs (fixed per-op costs, BatchNorm, activations, depthwise convolutions)."""
     part = discover_blocks(model)
     spent = [0.0] * len(part)
     starts: dict[int, float] = {}
@@ -97,19 +97,20 @@ def block_time_shares(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> l
             handles.append(m.register_forward_pre_hook(lambda _m, _a, i=i: starts.__setitem__(i, time.thread_time())))
             handles.append(m.register_forward_hook(
                 lambda _m, _a, _o, i=i: spent.__setitem__(i, spent[i] + time.thread_time() - starts[i])))
-    best, best_total = [float("inf")] * len(part), float("inf")
+    shares: list[list[float]] = []
     try:
         with torch.inference_mode():
+            model(x)  # warm up
             for _ in range(rounds):
                 spent[:] = [0.0] * len(part)
                 start = time.thread_time()
                 model(x)
-                best_total = min(best_total, time.thread_time() - start)
-                best = [min(b, t) for b, t in zip(best, spent)]
+                total = time.thread_time() - start
+                shares.append([t / total for t in spent])
     finally:
         for h in handles:
             h.remove()
-    return [b / best_total for b in best]
+    return [statistics.median(col) for col in zip(*shares)]
 
 
 def measure(trunk, pattern: str, n: int, x: torch.Tensor, rounds: int, time_shares: list[float]) -> dict:
@@ -155,7 +156,7 @@ def measure(trunk, pattern: str, n: int, x: torch.Tensor, rounds: int, time_shar
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="64 px instead of 128 (≤ 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="64 px instead of 96 (≤ 3 minutes)")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    px = args.image_size or (64 if args.quick else 128)
+    px = args.image_size or (64 if args.quick else 96)
     batch = args.batch_size or 8
     rounds = args.rounds or 8
     out_path = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results" /

@@ -60,6 +60,7 @@ class _Fork(nn.Module):
         self.preprocessing = delta.preprocessing
 
     def by_path(self) -> dict[str, nn.Module]:
+        """The task's modules keyed by their path in the trunk."""
         return {path: self.parts[key] for key, path in self.paths.items()}
 
 

@@ -90,6 +90,7 @@ class Route:
     sites: Mapping[str, Site]
 
     def tuned_at(self, boundary: int) -> frozenset:
+        """Tasks whose own copy runs at ``boundary`` (none in the stem, every task at the head)."""
         return self.tuned[boundary] if boundary >= 0 else frozenset()
 
     def streams(self, boundary: int) -> int:
