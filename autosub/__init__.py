@@ -1,13 +1,14 @@
 """autosub: automated SubTuning — finetune only the blocks of a pretrained network that matter.
 
 The package is grouped by concern (as Optuna groups ``samplers/``, ``pruners/``, ``storages/``); data flows
-downward: ``cli`` → ``hpo`` → ``selection`` → ``training`` → ``model`` / ``data`` → ``errors``.
+downward: ``cli`` → ``hpo`` / ``deploy`` → ``selection`` → ``training`` → ``model`` / ``data`` → ``errors``.
 
 * :mod:`autosub.model` — what a network is to autosub: blocks, heads, freezing, boundaries, cost, the zoo;
 * :mod:`autosub.data` — tasks and splits, ``as_task``, the shipped datasets;
 * :mod:`autosub.training` — run one selection: the setup path, the trainer, the prefix cache, checkpoints;
 * :mod:`autosub.selection` — rate blocks: the finetuning profile, greedy, the prior;
 * :mod:`autosub.hpo` — the search: ``search()``, spaces, budgets, selectors, engines (Optuna, Ray), results;
+* :mod:`autosub.deploy` — deltas (``export``, ``load_delta``) and ``MultiTaskModel`` (many tasks, one trunk);
 * :mod:`autosub.report` — plots; :mod:`autosub.cli` — the ``autosub`` command.
 
 Public names are imported lazily, so ``import autosub`` stays cheap and never imports optional extras (ray,
@@ -46,6 +47,11 @@ _EXPORTS: dict[str, str] = {
     "RunConfig": "hpo.config",
     "OptunaBackend": "hpo.backends",
     "RayBackend": "hpo.backends",
+    "export": "deploy.delta",
+    "load_delta": "deploy.delta",
+    "Delta": "deploy.delta",
+    "MultiTaskModel": "deploy.multitask",
+    "export_program": "deploy.serving",
     "AutoSubError": "errors",
     "BlockDiscoveryError": "errors",
     "SelectionError": "errors",
@@ -53,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "errors",
     "WeightsError": "errors",
     "MissingDependencyError": "errors",
+    "ExportError": "errors",
     "TrialFailed": "errors",
     "TrainingDiverged": "errors",
     "TrialOutOfMemory": "errors",
@@ -83,8 +90,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .data.sources import as_task
     from .data.task import Split, Task
-    from .errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, MissingDependencyError,
-                         SearchAborted, SelectionError, TrainingDiverged, TrialFailed, TrialOutOfMemory, WeightsError)
+    from .deploy.delta import Delta, export, load_delta
+    from .deploy.multitask import MultiTaskModel
+    from .deploy.serving import export_program
+    from .errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, ExportError,
+                         MissingDependencyError, SearchAborted, SelectionError, TrainingDiverged, TrialFailed,
+                         TrialOutOfMemory, WeightsError)
     from .hpo.backends import OptunaBackend, RayBackend
     from .hpo.budget import Budget
     from .hpo.config import RunConfig, TrainingConfig

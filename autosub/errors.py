@@ -36,6 +36,10 @@ class WeightsError(AutoSubError, ValueError):
     """A weights file is missing, unsafe, or does not fit the architecture."""
 
 
+class ExportError(AutoSubError, RuntimeError):
+    """A model could not be exported for serving (torch.export failed, or the program's outputs differ)."""
+
+
 class MissingDependencyError(AutoSubError, ImportError):
     """An optional extra (``autosub[ray]``, ``autosub[data]``) is needed but not installed."""
 

@@ -155,6 +155,27 @@ def make_image_task(n: int = 96, px: int = 32, classes: int = 4, seed: int = 0, 
     return Task(Split(x[:k], y[:k], name="train"), Split(x[k:], y[k:], name="val"), classes)
 
 
+def perturbed_copy(model, selection, num_classes: int, seed: int, partition=None):
+    """A stand-in for a SubTuned model: a fresh head and visibly changed selected blocks (weights and BatchNorm
+    statistics), everything else equal to ``model`` — what ``fit`` returns, without the training time."""
+    import copy
+
+    from autosub import discover_blocks, replace_head
+
+    g = torch.Generator().manual_seed(seed)
+    tuned = replace_head(copy.deepcopy(model), num_classes, seed=seed)
+    part = partition or discover_blocks(tuned)
+    with torch.no_grad():
+        for i in selection:
+            for path in part[i].modules:
+                for name, t in tuned.get_submodule(path).state_dict().items():
+                    if t.is_floating_point():
+                        t.add_(0.1 * torch.randn(t.shape, generator=g))
+                        if "running_var" in name:
+                            t.abs_()
+    return tuned.eval()
+
+
 @pytest.fixture(scope="session")
 def image_task():
     return make_image_task()

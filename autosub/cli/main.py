@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .deploy import add_parsers as add_deploy_parsers
+
 __all__ = ["build_parser", "main"]
 
 
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default autosub-runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    add_deploy_parsers(sub)  # export, serve-check
     return parser
 
 
