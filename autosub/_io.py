@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "dumps", "jsonable", "load_tensors", "read_artifact", "read_json", "save_tensors", "tensor_checksum",
-           "write_json"]
+__all__ = ["atomic_write", "dumps", "jsonable", "load_tensors", "read_artifact", "read_json", "save_tensors",
+           "tensor_checksum", "version_tuple", "write_json"]
 
 
 def jsonable(x: Any) -> Any:
@@ -77,13 +77,14 @@ def read_json(path: str | Path, *, what: str, required: tuple[str, ...] = ()) ->
     if missing:
         raise WeightsError(f"{path} lacks the field(s) {missing}; it is not a complete {what}.")
     written = str(data.get("autosub_version") or "0")
-    if _version_tuple(written) > _version_tuple(__version__):
+    if version_tuple(written) > version_tuple(__version__):
         raise WeightsError(f"{path} was written by autosub {written}, newer than this autosub {__version__}; "
                            "upgrade autosub to read it.")
     return data
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``'0.2.0'`` → ``(0, 2, 0)`` (non-digits dropped), to compare the version a file was written with."""
     parts = []
     for piece in version.split(".")[:3]:
         digits = "".join(ch for ch in piece if ch.isdigit())

@@ -11,3 +11,4 @@ timeout 90 python -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail
 timeout 100 python benchmarks/gpu_packing.py --engine processes --quick --out "$OUT/gpu_packing.json" 2>&1 | tail -7
 timeout 150 python benchmarks/bench_cache.py --models resnet50 --image-size 224 --examples 1280 --epochs 2 \
   --batch-size 256 --out "$OUT/cache_gpu.json" 2>&1 | tail -24
+timeout 300 python benchmarks/gpu_multitask.py --quick --out "$OUT/multitask_gpu.json" 2>&1 | tail -12

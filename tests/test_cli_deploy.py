@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 import autosub
 from autosub import SearchResult, export
 from autosub.cli.main import main
-from autosub.hpo.result import trunk_fingerprint, tuned_state
+from autosub.hpo.result import trunk_fingerprint
+from autosub.model.subtune import tuned_tensors
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def setup(test_resnet, image_task, tmp_path_factory):
     b = autosub.fit(test_resnet, image_task, (1, 2), epochs=1, lr=1e-2, batch_size=16, seed=1)
     part = autosub.discover_blocks(test_resnet)
     SearchResult(selection=(3,), hparams={"lr": 1e-2}, score=a.score, test_score=None, model=None, trials=None,
-                 records=[], pareto=[], spent={}, state=tuned_state(a.model, (3,), part),
+                 records=[], pareto=[], spent={}, state=tuned_tensors(a.model, (3,), part),
                  config={"num_classes": 4, "block_names": list(part.names),
                          "trunk_fingerprint": trunk_fingerprint(test_resnet, part)}).save(root / "run" / "result")
     export(b, root / "b", trunk=test_resnet)

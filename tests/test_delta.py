@@ -12,7 +12,8 @@ import autosub
 from autosub import Delta, SearchResult, WeightsError, export, load_delta
 from autosub.deploy.delta import DELTA_JSON, DELTA_TENSORS
 from autosub.errors import ConfigError, SelectionError
-from autosub.hpo.result import trunk_fingerprint, tuned_state
+from autosub.hpo.result import trunk_fingerprint
+from autosub.model.subtune import tuned_tensors
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_wrong_keys_and_shapes_are_refused(saved, test_resnet):
 def test_a_search_result_saved_or_live_exports_without_the_trunk(tmp_path, fitted, test_resnet):
     part = autosub.discover_blocks(test_resnet)
     result = SearchResult(selection=(2, 3), hparams={"lr": 1e-2}, score=fitted.score, test_score=None, model=None,
-                          trials=None, records=[], pareto=[], spent={}, state=tuned_state(fitted.model, (2, 3), part),
+                          trials=None, records=[], pareto=[], spent={}, state=tuned_tensors(fitted.model, (2, 3), part),
                           config={"num_classes": 4, "block_names": list(part.names),
                                   "trunk_fingerprint": trunk_fingerprint(test_resnet, part)})
     result.save(tmp_path / "run")
@@ -161,12 +162,12 @@ def test_refusals_before_any_work(tmp_path, fitted, test_resnet, image_task):
 def test_a_failed_save_leaves_the_previous_delta_intact(saved, monkeypatch):
     delta, path = saved
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    import safetensors.torch
+    import os
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(os, "replace", broken)  # the write fails at its last step, after the temp file is full
     with pytest.raises(OSError, match="disk full"):
         delta.save_pretrained(path)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # no temp files, nothing half-written

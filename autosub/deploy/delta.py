@@ -29,12 +29,9 @@ delta or a pair that refuses to load, never a silent mix.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,10 +39,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._io import dumps, save_tensors, tensor_checksum, version_tuple, write_json
 from .._version import __version__
 from ..errors import ConfigError, SelectionError, WeightsError
 from ..model.blocks import Partition, discover_blocks
 from ..model.heads import replace_head
+from ..model.subtune import tuned_tensors
 
 __all__ = ["DELTA_JSON", "DELTA_TENSORS", "FORMAT_VERSION", "Delta", "export", "load_delta"]
 
@@ -197,24 +196,19 @@ class Delta:
                 "num_classes": self.num_classes, "classes": list(self.classes) if self.classes else None,
                 "preprocessing": self.preprocessing, "trunk_fingerprint": self.trunk_fingerprint,
                 "info": self.info, "tensors_file": DELTA_TENSORS,
-                "tensors": {k: {"dtype": _dtype_name(v), "shape": list(v.shape), "sha256": _sha256(v)}
+                "tensors": {k: {"dtype": _dtype_name(v), "shape": list(v.shape), "sha256": tensor_checksum(v)}
                             for k, v in self.tensors.items()}}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``autosub.json`` + ``delta.safetensors`` into ``directory`` (created if needed); return it."""
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
         meta = {"format": "pt", "autosub_version": self.autosub_version, "kind": KIND,
                 "trunk_fingerprint": self.trunk_fingerprint, "selection": ",".join(map(str, self.selection))}
         record = self.to_dict()
-        with _atomic(out / DELTA_TENSORS) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        save_tensors(out / DELTA_TENSORS, self.tensors, metadata=meta)  # tensors first, the record last
         record["tensors_bytes"] = (out / DELTA_TENSORS).stat().st_size
-        with _atomic(out / DELTA_JSON) as tmp:
-            tmp.write_text(json.dumps(record, sort_keys=True, indent=2, default=_jsonable) + "\n")
+        write_json(record, out / DELTA_JSON)
         log.info("saved %r to %s", self, out)
         return out
 
@@ -341,12 +335,10 @@ def _check_selection(selection: Any, n: int | None) -> tuple[int, ...]:
 
 def _delta_tensors(model: nn.Module, selection: tuple[int, ...], part: Partition) -> dict[str, torch.Tensor]:
     """Persistent state of the selected blocks and the head (parameters + buffers), detached CPU copies."""
-    from ..hpo.result import tuned_state
-
     if part.head_module is None:
         raise WeightsError(f"{type(model).__name__} has no classification head module; a delta needs one.")
     own = model.state_dict()
-    return {k: v for k, v in tuned_state(model, selection, part).items() if k in own}
+    return {k: v for k, v in tuned_tensors(model, selection, part).items() if k in own}
 
 
 def _check_frozen_equal(model: nn.Module, trunk: nn.Module, tensors: Mapping[str, torch.Tensor],
@@ -394,13 +386,13 @@ def _classes(classes: Sequence[str] | None, task: Any) -> tuple[str, ...] | None
 
 def _preprocessing(preprocessing: Mapping[str, Any] | None, task: Any) -> dict[str, Any] | None:
     if preprocessing is not None:
-        return json.loads(json.dumps(dict(preprocessing), default=_jsonable))
+        return json.loads(dumps(dict(preprocessing)))
     if task is None:
         return None
     meta = getattr(task, "meta", None) or {}
     out: dict[str, Any] = {"kind": getattr(task, "kind", None)}
     out.update({k: meta[k] for k in _PREPROCESSING_KEYS if meta.get(k) is not None})
-    return json.loads(json.dumps(out, default=_jsonable))
+    return json.loads(dumps(out))
 
 
 def _read_record(d: Path) -> dict[str, Any]:
@@ -421,7 +413,7 @@ def _read_record(d: Path) -> dict[str, Any]:
     if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
         raise WeightsError(f"{path} has delta format {fmt!r}; this autosub ({__version__}) reads format "
                            f"{FORMAT_VERSION}. Upgrade autosub.")
-    if _version_tuple(version) > _version_tuple(__version__):
+    if version_tuple(version) > version_tuple(__version__):
         raise WeightsError(f"{path} was written by autosub {version}, newer than the installed {__version__}; "
                            "upgrade autosub (pip install -U autosub) to load it.")
     if not isinstance(record.get("tensors"), dict) or not record["tensors"]:
@@ -454,55 +446,16 @@ def _read_tensors(d: Path, record: Mapping[str, Any]) -> dict[str, torch.Tensor]
         if list(t.shape) != list(entry.get("shape", [])) or _dtype_name(t) != entry.get("dtype"):
             raise WeightsError(f"Tensor {name!r} in {path} is {_dtype_name(t)}{list(t.shape)} but the record says "
                                f"{entry.get('dtype')}{entry.get('shape')}; the files are from different exports.")
-        if _sha256(t) != entry.get("sha256"):
+        if tensor_checksum(t) != entry.get("sha256"):
             raise WeightsError(f"Tensor {name!r} in {path} fails its sha256 checksum: the file was altered or "
                                "corrupted. Copy or export the delta again.")
     return tensors
-
-
-class _atomic:
-    """Context manager yielding a temp path next to ``target``; on success it replaces ``target`` atomically."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            with open(self.tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def _sha256(t: torch.Tensor) -> str:
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", v)[:3]) or (0,)
-
-
 def _short(names: Sequence[str]) -> str:
     names = list(names)
     return ", ".join(names[:3]) + (f", ... {names[-1]}" if len(names) > 3 else "")
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
-    if isinstance(x, (tuple, set)):
-        return list(x)
-    return str(x)
