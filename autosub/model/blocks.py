@@ -4,12 +4,18 @@ This is the one place that decides what a "block" is. Sources, in order: timm's 
 (via ``timm.models.group_parameters``), Hugging Face layer stacks, torchvision families, a generic
 fallback (the longest run of repeated children), or the user's ``blocks=`` override.
 
+Hugging Face models give every layer stack in registration (= forward) order: an encoder-decoder's encoder
+layers then its decoder layers, every tower of a multimodal model, every stage's layers of a hierarchical
+vision model (ConvNeXt, ResNet, Swin), a wrapped timm model's own groups. ALBERT's shared layer groups are one
+block each; with a single shared group discovery refuses and says which ``blocks=`` to pass.
+
 One rule for what is neither a block nor the classifier, whatever the source: a parameter that the
 source leaves unassigned joins the nearest block registered before it (the stem if none) — the
 generalisation of timm's ``MATCH_PREV_GROUP``. So a final norm, a neck (``conv_head``), a pooler or the
 norm inside a head container joins the *last block*, and the head is only the final classifier module
 (``fc``, ``head``, ``classifier[-1]``, ...), whose input is the pooled features. With ``blocks=`` every
-parameter outside the listed modules and the head is frozen context (``Partition.stem``).
+parameter outside the listed modules and the head is frozen context (``Partition.stem``); a regex's
+parameter-free matches (ReLU, pooling between convolutions) join the block before them (the next if none).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ _LOG = logging.getLogger(__name__)
 GRANULARITIES = ("block", "stage")
 _STEM, _HEAD = "<stem>", "<head>"  # sentinel keys; block keys are never strings
 _HEAD_NAMES = ("fc", "heads", "head", "classifier", "score", "lm_head", "qa_outputs")
-_HF_STACK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)$")
+_LAYER_LIKE = re.compile(r"(?:^|\.)(?:layers?|h|blocks?|stages?|resblocks|levels)$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,14 @@ class Partition(Sequence[Block]):
         return out
 
 
-Assignment = dict[str, Hashable]  # param name -> _STEM | _HEAD | sortable block key | None (unassigned)
+Assignment = dict[str, Hashable]  # param name -> _STEM | _HEAD | sortable block key | _Joins | None (unassigned)
+
+
+@dataclass(frozen=True)
+class _Joins:
+    """A parameter a source sends to another block's key out of registration order (it moves no cursor)."""
+
+    key: Hashable
 
 
 def discover_blocks(
@@ -96,11 +109,14 @@ def discover_blocks(
                           f"got {granularity!r} instead.")
     coarse = granularity == "stage"
     if blocks is not None:
-        return _build(model, _from_user(model, blocks), "user")
+        assign, weightless = _from_user(model, blocks)
+        return _build(model, assign, "user", weightless)
     tried: list[str] = []
     for source, fn in _SOURCES:
         try:
             assign, note = fn(model, coarse)
+        except BlockDiscoveryError:  # a source that refuses on purpose (a weight-shared stack) says why
+            raise
         except Exception as exc:  # a source that breaks must not hide the next one
             assign, note = None, f"failed ({type(exc).__name__}: {exc})"
         if assign is not None:
@@ -116,8 +132,20 @@ def discover_blocks(
     raise BlockDiscoveryError(
         f"Could not discover at least 2 blocks in {type(model).__name__}. Tried: " + "; ".join(tried) + ". "
         f"Name them yourself: discover_blocks(model, blocks=[...module names...]) or a regex such as "
-        f"blocks=r'^layers\\.(\\d+)' (a capture group keys the block). Top-level children: {children}."
+        f"blocks=r'{_suggest_regex(model)}' (a capture group keys the block; parameter-free matches such as "
+        f"ReLU or pooling join the block before them). Top-level children: {children}."
     )
+
+
+def _suggest_regex(model: nn.Module) -> str:
+    """A regex over the children of the list with the most weighted children (the likeliest trunk)."""
+    best, path = 1, "layers"
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.ModuleList, nn.Sequential)):
+            n = sum(1 for c in mod.children() if next(c.parameters(), None) is not None)
+            if n > best:
+                best, path = n, name
+    return r"^(\d+)" if not path else "^" + re.escape(path) + r"\.(\d+)"
 
 
 discover = discover_blocks
@@ -177,16 +205,215 @@ def _from_timm(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
 
 
 def _from_hf(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
+    """Every layer stack of a Hugging Face model, in registration (forward) order; stages are split into blocks.
+
+    A *stack* is a ModuleList of >= 2 layers of one class (or a ModuleList/Sequential with a layer-like
+    name such as ``layers`` / ``block`` / ``stages``), outside any other stack: both stacks of an
+    encoder-decoder, every tower of a multimodal model. Equal-length sibling lists are zipped (XLM keeps its
+    attentions, norms and FFNs in parallel lists: layer i is the i-th of each). A stack child whose bulk is a
+    nested list of composite layers is a *stage* (HF ConvNeXt ``encoder.stages.i.layers``, Swin
+    ``encoder.layers.i.blocks``): with ``granularity='block'`` its layers are the blocks, and the rest of the
+    stage (a downsampling layer, a norm) joins the stage's layer registered nearest before it (the first if none).
+    """
     if not any(_is_hf(m) for m in model.modules()):
         return None, "no transformers PreTrainedModel inside"
-    stacks = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and _HF_STACK.search(n)]
-    stacks = [(n, m) for n, m in stacks if len(m) >= 1 and _has_params(model, n)]
+    sizes = _sizes(model)
+    stacks, opaque = _hf_stacks(model, sizes, coarse)
+    shared = _shared_layer_groups(model) + opaque
     if not stacks:
-        return None, "no ModuleList named layer/layers/h/block(s)"
-    path, stack = max(stacks, key=lambda s: sum(p.numel() for p in s[1].parameters()))
-    prefixes = {f"{path}.{child}": i for i, (child, _) in enumerate(stack.named_children())}
-    head = find_head(model, last_linear=False)
-    return _assign_prefixes(model, prefixes, head), f"layer stack {path!r}"
+        return None, "no layer stack (a ModuleList of >= 2 layers of one class)"
+    order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    prefixes: dict[str, Hashable] = {}
+    staged: list[tuple[tuple[str, ...], list[tuple[int, Hashable]]]] = []  # (unit, [(first param, key)])
+    count = 0
+    for stack in stacks:
+        for unit in stack:
+            split = not coarse and not _under(unit[0], shared)
+            bodies = [b for p in unit if (b := _stage_body(model, p, sizes))] if split else []
+            layers = [k for b in bodies for k, _ in _param_children(model.get_submodule(b), b, sizes)]
+            if not layers:
+                prefixes.update({p: (count,) for p in unit})
+                count += 1
+                continue
+            starts = []
+            for path in sorted(layers, key=lambda q: _first_param(q, order)):
+                prefixes[path] = (count,)
+                starts.append((_first_param(path, order), (count,)))
+                count += 1
+            staged.append((unit, starts))
+    assign = _assign_prefixes(model, prefixes, find_head(model, last_linear=False))
+    for unit, starts in staged:  # the rest of a stage joins its layer registered nearest before (else the first)
+        for n in order:
+            if assign[n] is None and _under(n, unit):
+                assign[n] = max((s for s in starts if s[0] < order[n]), default=starts[0])[1]
+    assign.update(_embeddings_before_stacks(model, stacks, assign, order))
+    paths = [s[0][0].rpartition(".")[0] for s in stacks]
+    return assign, f"{len(stacks)} layer stack(s) {paths[:4]}{' ...' if len(paths) > 4 else ''}"
+
+
+def _embeddings_before_stacks(model: nn.Module, stacks: list[list[tuple[str, ...]]], assign: Assignment,
+                              order: dict[str, int]) -> Assignment:
+    """An embedding module registered after a stack in the stack's parent runs before it (BART's
+    ``encoder.layernorm_embedding``): it joins the block before the stack's first, so no tuned weight sits in
+    the frozen prefix the cache replays. Returns those parameters as explicit joins."""
+    late: Assignment = {}
+    for stack in stacks:
+        parent = stack[0][0].rpartition(".")[0].rpartition(".")[0]
+        paths = [p for unit in stack for p in unit]
+        end = max(i for n, i in order.items() if _under(n, paths))
+        first = assign[min((n for n in order if _under(n, paths)), key=order.__getitem__)]
+        before = (first[0] - 1,) if isinstance(first, tuple) and first[0] > 0 else _STEM
+        pre = f"{parent}." if parent else ""
+        for child, _ in model.get_submodule(parent).named_children():
+            if "embed" in child.lower():
+                for n in order:
+                    if order[n] > end and assign[n] is None and _under(n, (pre + child,)):
+                        late[n] = _Joins(before)
+    return late
+
+
+def _hf_stacks(model: nn.Module, sizes: dict[str, int], coarse: bool) -> tuple[list[list[tuple[str, ...]]], list[str]]:
+    """The outermost layer stacks in registration order, each a list of units (a unit: 1 path, or zipped paths).
+
+    A timm model inside (``TimmWrapperModel.timm_model``, a detector's backbone) is one stack whose units are its
+    own ``group_matcher`` groups; its path comes back in the second list (its units are never split further).
+    """
+    found: list[tuple[str, list[str]]] = []  # (path, param-holding child paths)
+    plain: list[tuple[str, list[str]]] = []  # ModuleLists of built-in modules: zipped in, never stacks alone
+    timm: list[tuple[str, list[tuple[str, ...]]]] = []
+    for path, mod in model.named_modules():
+        if not path or _under(path, [p for p, _ in found] + [p for p, _ in timm]):
+            continue
+        if callable(getattr(mod, "group_matcher", None)) and not _is_hf(mod):
+            units = _timm_units(mod, path, coarse)
+            if units:
+                timm.append((path, units))
+                continue
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)):
+            continue
+        kids = _param_children(mod, path, sizes)
+        if _is_stack(mod, path, kids, sizes):
+            found.append((path, [p for p, _ in kids]))
+        elif isinstance(mod, nn.ModuleList) and kids and all(_is_torch_builtin(type(m)) for _, m in kids):
+            plain.append((path, [p for p, _ in kids]))
+    groups: dict[tuple[str, int], list[tuple[str, list[str]]]] = {}
+    for path, kids in found:
+        zippable = isinstance(model.get_submodule(path), nn.ModuleList) and len(kids) >= 2
+        key = (path.rpartition(".")[0], len(kids)) if zippable else (path, -1)
+        groups.setdefault(key, []).append((path, kids))
+    stacks = []
+    for (parent, length), members in groups.items():
+        if length >= 2:  # equal-length sibling lists run in lockstep: zip them, norms included
+            members += [(p, k) for p, k in plain if p.rpartition(".")[0] == parent and len(k) == length]
+        stacks.append([tuple(kids[i] for _, kids in members) for i in range(len(members[0][1]))])
+    index = {p: i for i, (p, _) in enumerate(model.named_modules())}
+    for stack in stacks:
+        for i, unit in enumerate(stack):
+            stack[i] = tuple(sorted(unit, key=index.__getitem__))
+    stacks += [units for _, units in timm]
+    # a module registered twice shows its weights under the first path only: drop what holds none here
+    stacks = [s for s in ([u for u in (tuple(p for p in unit if sizes.get(p)) for unit in stack) if u]
+                          for stack in stacks) if s]
+    return sorted(stacks, key=lambda s: index[s[0][0]]), [p for p, _ in timm]
+
+
+def _timm_units(mod: nn.Module, path: str, coarse: bool) -> list[tuple[str, ...]]:
+    """The blocks timm's ``group_matcher`` gives a timm model at ``path``, each as the module paths covering it."""
+    try:
+        assign, _ = _from_timm(mod, coarse)
+    except Exception:  # a timm model whose matcher breaks is searched like any other module
+        return []
+    keys = sorted({k for k in assign.values() if k not in (_STEM, _HEAD, None)}, key=_sort_key)
+    totals = Counter(p for n in assign for p in _prefixes(n))
+    units = [_cover([n for n, k in assign.items() if k == key], totals) for key in keys]
+    return [tuple(f"{path}.{m}" for m in unit) for unit in units if unit]
+
+
+def _is_stack(mod: nn.Module, path: str, kids: list[tuple[str, nn.Module]], sizes: dict[str, int]) -> bool:
+    """A list of >= 2 layers of one class, or a list/Sequential with a layer-like name holding only layers."""
+    if not kids or not all(_is_layer(m, p, sizes) for p, m in kids):
+        return False
+    if isinstance(mod, nn.ModuleList) and len(kids) >= 2 and len({type(m) for _, m in kids}) == 1:
+        return True
+    return bool(_LAYER_LIKE.search(path))
+
+
+def _is_layer(mod: nn.Module, path: str, sizes: dict[str, int]) -> bool:
+    """A module of a model's own class (not a torch.nn built-in), or a list that is itself a stack of those."""
+    if isinstance(mod, (nn.ModuleList, nn.Sequential)):
+        kids = _param_children(mod, path, sizes)
+        return bool(kids) and len({type(m) for _, m in kids}) == 1 and all(_is_layer(m, p, sizes) for p, m in kids)
+    return not _is_torch_builtin(type(mod))
+
+
+def _stage_body(model: nn.Module, path: str, sizes: dict[str, int]) -> str | None:
+    """The nested list of composite layers that holds most of the stage at ``path`` (its blocks), if any."""
+    stage = model.get_submodule(path)
+    if isinstance(stage, (nn.ModuleList, nn.Sequential)):
+        return path  # a stage that is itself a list of layers (Funnel, Florence-2)
+    best: tuple[int, str] | None = None
+    for sub, mod in stage.named_modules(prefix=path):
+        if sub == path or not isinstance(mod, (nn.ModuleList, nn.Sequential)) or 2 * sizes.get(sub, 0) < sizes[path]:
+            continue
+        kids = _param_children(mod, sub, sizes)
+        if (kids and len({type(m) for _, m in kids}) == 1 and all(_is_layer(m, p, sizes) for p, m in kids)
+                and all(_is_composite(m) for _, m in kids) and (best is None or sizes[sub] > best[0])):
+            best = (sizes[sub], sub)
+    return best[1] if best else None
+
+
+def _is_composite(mod: nn.Module) -> bool:
+    """A layer with >= 2 modules that own weights (a ConvNeXt or Swin layer), not a wrapped convolution."""
+    return sum(1 for m in mod.modules() if next(m.parameters(recurse=False), None) is not None) >= 2
+
+
+def _first_param(path: str, order: dict[str, int]) -> int:
+    """Registration index of the first parameter under ``path``."""
+    return min(i for n, i in order.items() if _under(n, (path,)))
+
+
+def _shared_layer_groups(model: nn.Module) -> list[str]:
+    """Paths of HF models that reuse layer groups across depth (ALBERT); refuses those with a single group.
+
+    ALBERT runs ``num_hidden_layers`` layers with ``num_hidden_groups`` weight sets, group g serving a run of
+    consecutive layers: with >= 2 groups each group is one block (the prefix cache hooks its first call), with
+    one group nothing distinct is left to tune block by block.
+    """
+    found = []
+    for path, mod in model.named_modules():
+        cfg = getattr(mod, "config", None) if _is_hf(mod) else None
+        groups, layers = getattr(cfg, "num_hidden_groups", None), getattr(cfg, "num_hidden_layers", None)
+        if isinstance(groups, int) and isinstance(layers, int) and groups < layers:
+            found.append((path, mod, groups, layers))
+    shared = [p for p, *_ in found if not any(q != p and _under(p, (q,)) for q, *_ in found)]
+    for path, mod, groups, layers in found:
+        if groups < 2 and not any(q != path and _under(q, (path,)) for q, *_ in found):  # innermost: the base model
+            pre = f"{path}." if path else ""
+            kids = [f"{pre}{c}" for c, m in mod.named_children() if next(m.parameters(), None) is not None]
+            raise BlockDiscoveryError(
+                f"{type(mod).__name__} shares one layer group across all {layers} layers (config.num_hidden_groups="
+                f"{groups}): its weights form no sequence of distinct blocks to tune one by one. Name the blocks "
+                f"yourself, e.g. discover_blocks(model, blocks={kids[:2]}) (the shared encoder is then one block), "
+                f"or use a checkpoint with num_hidden_groups >= 2 (each group is then one block).")
+    for path, mod, groups, layers in found:
+        if path in shared:
+            _LOG.info("discover_blocks: %s shares %d layer groups across %d layers; each group is one block.",
+                      type(mod).__name__, groups, layers)
+    return shared
+
+
+def _param_children(mod: nn.Module, path: str, sizes: dict[str, int]) -> list[tuple[str, nn.Module]]:
+    pre = f"{path}." if path else ""
+    return [(f"{pre}{c}", m) for c, m in mod.named_children() if sizes.get(f"{pre}{c}", 0)]
+
+
+def _sizes(model: nn.Module) -> dict[str, int]:
+    """Parameter count under every module path (tied weights counted once, where first registered)."""
+    out: Counter = Counter()
+    for n, p in model.named_parameters():
+        for prefix in _prefixes(n):
+            out[prefix] += max(p.numel(), 1)  # an empty tensor still marks its module as weighted
+    return out
 
 
 def _from_torchvision(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
@@ -270,10 +497,19 @@ def _from_generic(model: nn.Module, coarse: bool) -> tuple[Assignment | None, st
     return _assign_prefixes(model, prefixes, tuple(after[-1:])), f"{len(best[2])} repeated children of {parent!r}"
 
 
-def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> Assignment:
-    """Blocks named by the user: a list of module names (or lists of names), or a regex over module names."""
+def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> tuple[Assignment, dict]:
+    """Blocks named by the user: a list of module names (or lists of names), or a regex over module names.
+
+    Returns the assignment and, per block key, the parameter-free modules named (listed in a group, or matched
+    by a regex: a ReLU or pooling between convolutions joins the block registered before it, the next one if
+    none precedes), so they count among the block's modules.
+    """
     modules = dict(model.named_modules())
+    position = {n: i for i, n in enumerate(modules)}
+    names = [n for n, _ in model.named_parameters()]
+    heads = find_head(model, last_linear=not _is_hf(model))
     groups: dict[Hashable, list[str]] = {}
+    weightless: dict[Hashable, list[str]] = {}
     if isinstance(spec, str):
         try:
             rx = re.compile(spec)
@@ -282,12 +518,13 @@ def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> A
         matched: list[str] = []
         for name in modules:  # pre-order: a parent comes before its children, so the outermost match wins
             m = (rx.match(name) if rx.groups else rx.fullmatch(name)) if name else None
-            if m and not _under(name, matched):
+            if m and not _under(name, matched) and not _under(name, heads):  # a regex never claims the head
                 matched.append(name)
                 groups.setdefault(m.groups() if rx.groups else name, []).append(name)
         if not groups:
             raise BlockDiscoveryError(f"blocks={spec!r} matched no module name of {type(model).__name__}; "
                                       f"names look like {[n for n in modules if n][:6]}.")
+        groups, weightless = _attach_weightless(groups, names, position, spec)
     elif isinstance(spec, Sequence) and spec:
         for i, item in enumerate(spec):
             group = [item] if isinstance(item, str) else list(item)
@@ -297,22 +534,41 @@ def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> A
                     raise BlockDiscoveryError(f"blocks= names a module {name!r} that {type(model).__name__} does "
                                               f"not have; close names: {close}. List them with model.named_modules().")
             groups[i] = group
+            weightless[i] = [name for name in group if not any(_under(n, (name,)) for n in names)]
     else:
         raise BlockDiscoveryError(f"blocks= must be a non-empty list of module names or a regex string; got {spec!r}.")
     owner: dict[str, Hashable] = {}
-    names = [n for n, _ in model.named_parameters()]
     for key, mods in groups.items():
         hit = [n for n in names if _under(n, mods)]
         if not hit:
-            raise BlockDiscoveryError(f"blocks= entry {mods} has no parameters; a block must hold some weights.")
+            raise BlockDiscoveryError(f"blocks= entry {mods} has no parameters; a block must hold some weights "
+                                      f"(group a parameter-free module with a neighbour: [['conv1', 'relu'], ...]).")
         for n in hit:
             if n in owner:
                 raise BlockDiscoveryError(f"blocks= entries overlap: parameter {n!r} is in {owner[n]!r} and {mods}.")
             owner[n] = key
     order = {k: i for i, k in enumerate(dict.fromkeys(owner[n] for n in names if n in owner))}
-    heads = find_head(model, last_linear=not _is_hf(model))
     head = tuple(h for h in heads if not any(_under(n, (h,)) for n in owner))
-    return {n: order[owner[n]] if n in owner else (_HEAD if _under(n, head) else _STEM) for n in names}
+    assign = {n: order[owner[n]] if n in owner else (_HEAD if _under(n, head) else _STEM) for n in names}
+    return assign, {order[k]: v for k, v in weightless.items()}
+
+
+def _attach_weightless(groups: dict[Hashable, list[str]], names: list[str], position: dict[str, int],
+                       spec: str) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
+    """Fold regex groups without parameters into the weighted group registered before them (else the next)."""
+    ordered = sorted(groups, key=lambda k: position[groups[k][0]])
+    weighted = [k for k in ordered if any(_under(n, groups[k]) for n in names)]
+    if not weighted:
+        raise BlockDiscoveryError(f"blocks={spec!r} matched only modules without parameters ({groups[ordered[0]][:3]} "
+                                  f"...); a block must hold some weights.")
+    extra: dict[Hashable, list[str]] = {k: [] for k in weighted}
+    target = weighted[0]
+    for k in ordered:
+        if k in extra:
+            target = k
+        else:
+            extra[target].extend(groups[k])
+    return {k: groups[k] for k in weighted}, extra
 
 
 _SOURCES: tuple[tuple[str, Callable[[nn.Module, bool], tuple[Assignment | None, str]]], ...] = (
@@ -322,15 +578,22 @@ _SOURCES: tuple[tuple[str, Callable[[nn.Module, bool], tuple[Assignment | None, 
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _build(model: nn.Module, assign: Assignment, source: str) -> Partition:
-    """Resolve unassigned parameters (join the nearest earlier block) and turn keys into ordered Blocks."""
+def _build(model: nn.Module, assign: Assignment, source: str,
+           weightless: dict[Hashable, list[str]] | None = None) -> Partition:
+    """Resolve unassigned parameters (join the nearest earlier block) and turn keys into ordered Blocks.
+
+    ``weightless`` adds parameter-free module paths (a user's matched ReLU or pooling) to a block's modules.
+    A block is named after its largest module among those the source assigned (not what joined it).
+    """
     params = dict(model.named_parameters())
     names = list(params)
+    joined: set[str] = set()
     current: Hashable = _STEM
     for n in names:
         key = assign.get(n)
-        if key is None:
-            assign[n] = current
+        if key is None or isinstance(key, _Joins):
+            assign[n] = current if key is None else key.key
+            joined.add(n)
         elif key != _HEAD:
             current = key
     keys = sorted({k for k in assign.values() if k not in (_STEM, _HEAD)}, key=_sort_key)
@@ -340,13 +603,17 @@ def _build(model: nn.Module, assign: Assignment, source: str) -> Partition:
         if assign[n] not in (_STEM, _HEAD):
             members[index[assign[n]]].append(n)
     totals = Counter(p for n in names for p in _prefixes(n))
+    position = {p: i for i, (p, _) in enumerate(model.named_modules())} if weightless else {}
     blocks, seen = [], Counter()
-    for i, group in enumerate(members):
-        mods = _cover(group, totals)
-        main = max(mods, key=lambda m: sum(params[n].numel() for n in group if _under(n, (m,))), default=group[0])
+    for key, group in zip(keys, members):
+        own = [n for n in group if n not in joined]
+        main = max(_cover(own, totals), key=lambda m: sum(params[n].numel() for n in own if _under(n, (m,))))
+        mods = _called(model, _cover(group, totals))
+        if weightless and weightless.get(key):
+            mods = tuple(sorted({*mods, *weightless[key]}, key=position.__getitem__))
         seen[main] += 1
         name = main if seen[main] == 1 else f"{main}#{seen[main]}"
-        blocks.append(Block(i, name, mods, tuple(group), sum(params[n].numel() for n in group)))
+        blocks.append(Block(len(blocks), name, mods, tuple(group), sum(params[n].numel() for n in group)))
     head = tuple(n for n in names if assign[n] == _HEAD)
     head_mods = _cover(list(head), totals)
     return Partition(tuple(blocks), tuple(n for n in names if assign[n] == _STEM), head,
@@ -376,6 +643,19 @@ def _cover(group: list[str], totals: Counter) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _called(model: nn.Module, paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Replace a ModuleList / ModuleDict (never called, so its hooks never fire) by its weighted children."""
+    out: list[str] = []
+    for path in paths:
+        mod = model.get_submodule(path)
+        if isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
+            kids = [f"{path}.{c}" for c, m in mod.named_children() if next(m.parameters(), None) is not None]
+            out.extend(_called(model, tuple(kids)))
+        else:
+            out.append(path)
+    return tuple(out)
+
+
 def _prefixes(name: str) -> list[str]:
     """'a.b.w' -> ['', 'a', 'a.b'] (the modules that own ``name``, root first)."""
     parts = name.split(".")[:-1]
@@ -383,7 +663,8 @@ def _prefixes(name: str) -> list[str]:
 
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+    """True when ``name`` is one of ``prefixes`` or lies inside one ('' is the root: everything)."""
+    return any(not p or name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def _sort_key(key: Hashable) -> tuple:
