@@ -31,6 +31,8 @@ from torch import nn
 
 from ..errors import BlockDiscoveryError, ConfigError
 
+__all__ = ["Block", "Partition", "discover", "discover_blocks", "find_head", "is_hf_model", "is_under"]
+
 _LOG = logging.getLogger(__name__)
 
 GRANULARITIES = ("block", "stage")
@@ -195,7 +197,7 @@ def _from_timm(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
             stem_lid = -1  # the stem regex matched nothing: group 0 is a block
     assign: Assignment = {}
     for n in names:
-        if _under(n, head):
+        if is_under(n, head):
             assign[n] = _HEAD
         elif unmatched(n):
             assign[n] = None
@@ -215,7 +217,7 @@ def _from_hf(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
     ``encoder.layers.i.blocks``): with ``granularity='block'`` its layers are the blocks, and the rest of the
     stage (a downsampling layer, a norm) joins the stage's layer registered nearest before it (the first if none).
     """
-    if not any(_is_hf(m) for m in model.modules()):
+    if not any(is_hf_model(m) for m in model.modules()):
         return None, "no transformers PreTrainedModel inside"
     sizes = _sizes(model)
     stacks, opaque = _hf_stacks(model, sizes, coarse)
@@ -228,7 +230,7 @@ def _from_hf(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
     count = 0
     for stack in stacks:
         for unit in stack:
-            split = not coarse and not _under(unit[0], shared)
+            split = not coarse and not is_under(unit[0], shared)
             bodies = [b for p in unit if (b := _stage_body(model, p, sizes))] if split else []
             layers = [k for b in bodies for k, _ in _param_children(model.get_submodule(b), b, sizes)]
             if not layers:
@@ -244,7 +246,7 @@ def _from_hf(model: nn.Module, coarse: bool) -> tuple[Assignment | None, str]:
     assign = _assign_prefixes(model, prefixes, find_head(model, last_linear=False))
     for unit, starts in staged:  # the rest of a stage joins its layer registered nearest before (else the first)
         for n in order:
-            if assign[n] is None and _under(n, unit):
+            if assign[n] is None and is_under(n, unit):
                 assign[n] = max((s for s in starts if s[0] < order[n]), default=starts[0])[1]
     assign.update(_embeddings_before_stacks(model, stacks, assign, order))
     paths = [s[0][0].rpartition(".")[0] for s in stacks]
@@ -260,14 +262,14 @@ def _embeddings_before_stacks(model: nn.Module, stacks: list[list[tuple[str, ...
     for stack in stacks:
         parent = stack[0][0].rpartition(".")[0].rpartition(".")[0]
         paths = [p for unit in stack for p in unit]
-        end = max(i for n, i in order.items() if _under(n, paths))
-        first = assign[min((n for n in order if _under(n, paths)), key=order.__getitem__)]
+        end = max(i for n, i in order.items() if is_under(n, paths))
+        first = assign[min((n for n in order if is_under(n, paths)), key=order.__getitem__)]
         before = (first[0] - 1,) if isinstance(first, tuple) and first[0] > 0 else _STEM
         pre = f"{parent}." if parent else ""
         for child, _ in model.get_submodule(parent).named_children():
             if "embed" in child.lower():
                 for n in order:
-                    if order[n] > end and assign[n] is None and _under(n, (pre + child,)):
+                    if order[n] > end and assign[n] is None and is_under(n, (pre + child,)):
                         late[n] = _Joins(before)
     return late
 
@@ -282,9 +284,9 @@ def _hf_stacks(model: nn.Module, sizes: dict[str, int], coarse: bool) -> tuple[l
     plain: list[tuple[str, list[str]]] = []  # ModuleLists of built-in modules: zipped in, never stacks alone
     timm: list[tuple[str, list[tuple[str, ...]]]] = []
     for path, mod in model.named_modules():
-        if not path or _under(path, [p for p, _ in found] + [p for p, _ in timm]):
+        if not path or is_under(path, [p for p, _ in found] + [p for p, _ in timm]):
             continue
-        if callable(getattr(mod, "group_matcher", None)) and not _is_hf(mod):
+        if callable(getattr(mod, "group_matcher", None)) and not is_hf_model(mod):
             units = _timm_units(mod, path, coarse)
             if units:
                 timm.append((path, units))
@@ -369,7 +371,7 @@ def _is_composite(mod: nn.Module) -> bool:
 
 def _first_param(path: str, order: dict[str, int]) -> int:
     """Registration index of the first parameter under ``path``."""
-    return min(i for n, i in order.items() if _under(n, (path,)))
+    return min(i for n, i in order.items() if is_under(n, (path,)))
 
 
 def _shared_layer_groups(model: nn.Module) -> list[str]:
@@ -381,13 +383,13 @@ def _shared_layer_groups(model: nn.Module) -> list[str]:
     """
     found = []
     for path, mod in model.named_modules():
-        cfg = getattr(mod, "config", None) if _is_hf(mod) else None
+        cfg = getattr(mod, "config", None) if is_hf_model(mod) else None
         groups, layers = getattr(cfg, "num_hidden_groups", None), getattr(cfg, "num_hidden_layers", None)
         if isinstance(groups, int) and isinstance(layers, int) and groups < layers:
             found.append((path, mod, groups, layers))
-    shared = [p for p, *_ in found if not any(q != p and _under(p, (q,)) for q, *_ in found)]
+    shared = [p for p, *_ in found if not any(q != p and is_under(p, (q,)) for q, *_ in found)]
     for path, mod, groups, layers in found:
-        if groups < 2 and not any(q != path and _under(q, (path,)) for q, *_ in found):  # innermost: the base model
+        if groups < 2 and not any(q != path and is_under(q, (path,)) for q, *_ in found):  # innermost: the base model
             pre = f"{path}." if path else ""
             kids = [f"{pre}{c}" for c, m in mod.named_children() if next(m.parameters(), None) is not None]
             raise BlockDiscoveryError(
@@ -488,9 +490,9 @@ def _from_generic(model: nn.Module, coarse: bool) -> tuple[Assignment | None, st
         return None, "no run of >= 2 repeated children with parameters"
     prefixes = {p: i for i, p in enumerate(best[2])}
     names = [n for n, _ in model.named_parameters()]
-    last = max(i for i, n in enumerate(names) if _under(n, best[2]))
-    after = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n and not _under(n, best[2])
-             and any(_under(p, (n,)) for p in names[last + 1:])]
+    last = max(i for i, n in enumerate(names) if is_under(n, best[2]))
+    after = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n and not is_under(n, best[2])
+             and any(is_under(p, (n,)) for p in names[last + 1:])]
     if not after:  # no Linear after the run: the last module with parameters after it
         after = [n.rsplit(".", 1)[0] for n in names[last + 1:] if "." in n][-1:]
     parent = best[2][0].rpartition(".")[0]
@@ -507,7 +509,7 @@ def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> t
     modules = dict(model.named_modules())
     position = {n: i for i, n in enumerate(modules)}
     names = [n for n, _ in model.named_parameters()]
-    heads = find_head(model, last_linear=not _is_hf(model))
+    heads = find_head(model, last_linear=not is_hf_model(model))
     groups: dict[Hashable, list[str]] = {}
     weightless: dict[Hashable, list[str]] = {}
     if isinstance(spec, str):
@@ -518,7 +520,7 @@ def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> t
         matched: list[str] = []
         for name in modules:  # pre-order: a parent comes before its children, so the outermost match wins
             m = (rx.match(name) if rx.groups else rx.fullmatch(name)) if name else None
-            if m and not _under(name, matched) and not _under(name, heads):  # a regex never claims the head
+            if m and not is_under(name, matched) and not is_under(name, heads):  # a regex never claims the head
                 matched.append(name)
                 groups.setdefault(m.groups() if rx.groups else name, []).append(name)
         if not groups:
@@ -534,12 +536,12 @@ def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> t
                     raise BlockDiscoveryError(f"blocks= names a module {name!r} that {type(model).__name__} does "
                                               f"not have; close names: {close}. List them with model.named_modules().")
             groups[i] = group
-            weightless[i] = [name for name in group if not any(_under(n, (name,)) for n in names)]
+            weightless[i] = [name for name in group if not any(is_under(n, (name,)) for n in names)]
     else:
         raise BlockDiscoveryError(f"blocks= must be a non-empty list of module names or a regex string; got {spec!r}.")
     owner: dict[str, Hashable] = {}
     for key, mods in groups.items():
-        hit = [n for n in names if _under(n, mods)]
+        hit = [n for n in names if is_under(n, mods)]
         if not hit:
             raise BlockDiscoveryError(f"blocks= entry {mods} has no parameters; a block must hold some weights "
                                       f"(group a parameter-free module with a neighbour: [['conv1', 'relu'], ...]).")
@@ -548,8 +550,8 @@ def _from_user(model: nn.Module, spec: str | Sequence[str | Sequence[str]]) -> t
                 raise BlockDiscoveryError(f"blocks= entries overlap: parameter {n!r} is in {owner[n]!r} and {mods}.")
             owner[n] = key
     order = {k: i for i, k in enumerate(dict.fromkeys(owner[n] for n in names if n in owner))}
-    head = tuple(h for h in heads if not any(_under(n, (h,)) for n in owner))
-    assign = {n: order[owner[n]] if n in owner else (_HEAD if _under(n, head) else _STEM) for n in names}
+    head = tuple(h for h in heads if not any(is_under(n, (h,)) for n in owner))
+    assign = {n: order[owner[n]] if n in owner else (_HEAD if is_under(n, head) else _STEM) for n in names}
     return assign, {order[k]: v for k, v in weightless.items()}
 
 
@@ -557,7 +559,7 @@ def _attach_weightless(groups: dict[Hashable, list[str]], names: list[str], posi
                        spec: str) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
     """Fold regex groups without parameters into the weighted group registered before them (else the next)."""
     ordered = sorted(groups, key=lambda k: position[groups[k][0]])
-    weighted = [k for k in ordered if any(_under(n, groups[k]) for n in names)]
+    weighted = [k for k in ordered if any(is_under(n, groups[k]) for n in names)]
     if not weighted:
         raise BlockDiscoveryError(f"blocks={spec!r} matched only modules without parameters ({groups[ordered[0]][:3]} "
                                   f"...); a block must hold some weights.")
@@ -607,7 +609,7 @@ def _build(model: nn.Module, assign: Assignment, source: str,
     blocks, seen = [], Counter()
     for key, group in zip(keys, members):
         own = [n for n in group if n not in joined]
-        main = max(_cover(own, totals), key=lambda m: sum(params[n].numel() for n in own if _under(n, (m,))))
+        main = max(_cover(own, totals), key=lambda m: sum(params[n].numel() for n in own if is_under(n, (m,))))
         mods = _called(model, _cover(group, totals))
         if weightless and weightless.get(key):
             mods = tuple(sorted({*mods, *weightless[key]}, key=position.__getitem__))
@@ -624,7 +626,7 @@ def _assign_prefixes(model: nn.Module, prefixes: dict[str, Hashable], head: Sequ
     """Each parameter gets the key of its longest prefix in ``prefixes``; the head wins; the rest is unassigned."""
     out: Assignment = {}
     for n, _ in model.named_parameters():
-        if _under(n, head):
+        if is_under(n, head):
             out[n] = _HEAD
             continue
         out[n] = next((prefixes[p] for p in reversed(_prefixes(n)) if p in prefixes), None)
@@ -662,7 +664,8 @@ def _prefixes(name: str) -> list[str]:
     return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _under(name: str, prefixes: Sequence[str]) -> bool:
+def is_under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether parameter/module ``name`` is one of ``prefixes`` or lies inside one of them."""
     """True when ``name`` is one of ``prefixes`` or lies inside one ('' is the root: everything)."""
     return any(not p or name == p or name.startswith(p + ".") for p in prefixes)
 
@@ -678,7 +681,8 @@ def _has_params(model: nn.Module, name: str) -> bool:
         return False
 
 
-def _is_hf(module: nn.Module) -> bool:
+def is_hf_model(module: nn.Module) -> bool:
+    """Whether ``module`` is a Hugging Face ``PreTrainedModel`` (checked by class, without importing transformers)."""
     return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
                for c in type(module).__mro__)
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .blocks import _is_hf, _under, find_head
+from .blocks import find_head, is_hf_model, is_under
 from ..errors import BlockDiscoveryError, check_positive
 
 __all__ = ["head_parameters", "replace_head"]
@@ -35,7 +35,7 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
                     _to_like(model.get_submodule(name), ref)
             _LOG.debug("replace_head: %s.reset_classifier(%d)", type(model).__name__, num_classes)
             return model
-        if _is_hf(model) and not find_head(model, last_linear=False):
+        if is_hf_model(model) and not find_head(model, last_linear=False):
             from .text import TextClassifier
 
             wrapped = TextClassifier(model, num_classes=num_classes)
@@ -60,7 +60,7 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
             _LOG.debug("replace_head: %s.%s -> Linear(%d, %d)", type(model).__name__, name, old.in_features,
                        num_classes)
     config = getattr(model, "config", None)
-    if _is_hf(model) and config is not None:  # HF *ForSequenceClassification picks its loss from num_labels
+    if is_hf_model(model) and config is not None:  # HF *ForSequenceClassification picks its loss from num_labels
         config.num_labels = num_classes
         if hasattr(model, "num_labels"):
             model.num_labels = num_classes
@@ -69,8 +69,8 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
 
 def head_parameters(model: nn.Module) -> list[str]:
     """Names of the parameters of ``model``'s classification head (empty if it has none)."""
-    names = find_head(model, last_linear=not _is_hf(model))
-    return [n for n, _ in model.named_parameters() if _under(n, names)]
+    names = find_head(model, last_linear=not is_hf_model(model))
+    return [n for n, _ in model.named_parameters() if is_under(n, names)]
 
 
 @contextlib.contextmanager
