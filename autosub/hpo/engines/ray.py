@@ -49,7 +49,7 @@ from ...errors import ConfigError, SearchAborted
 from ..backends import RayBackend
 from ._study import Hooks
 from .base import Engine, EngineRun, Job
-from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, started, train_trial
+from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, train_trial
 
 __all__ = ["RayEngine", "capacity", "connect", "default_resources", "load_tuned", "tune_config"]
 
@@ -96,6 +96,10 @@ class RayEngine(Engine):
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name}, ray)", disable=not job.progress)
         hooks = Hooks(meter, bar, list(job.callbacks))
         stop = ""
+        if self.exists and not restore and not self.store.join:  # the dead driver's trials Tune cannot continue
+            book.fail_stale(single_driver=True)
+        if self.exists and not restore:
+            book.requeue_unrun()
         if not restore:
             runs = int(info.get("runs", 0)) + 1
             exp = re.sub(r"[^A-Za-z0-9_.-]", "_", self.store.study_name) + ("" if runs == 1 else f"-{runs}")
@@ -131,9 +135,10 @@ class RayEngine(Engine):
         info["finished"] = True
         study.set_user_attr(RAY_KEY, info)
         records = book.records()
-        if self.client or restore or searcher is None:  # the searcher ran elsewhere or was unpickled by Tune
-            meter.trials = max(meter.trials, started(records, exp))
+        meter.trials = book.spent_trials()  # the study's total (the searcher may have run elsewhere)
         stop = stop or (searcher.stop_reason if searcher else "") or meter.exhausted(budget) or "budget"
+        book.settle_waiting(f"the search stopped ({stop})")
+        records = book.records()
         done = [r for r in records if r.state == "COMPLETE" and r.values]
         best = max(done, key=lambda r: (r.values[0], -r.number)) if done else None
         tuned = load_tuned(root, best.number, best.user_attrs.get("tune_trial")) if best is not None else None
