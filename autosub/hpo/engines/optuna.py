@@ -65,7 +65,7 @@ class OptunaEngine(Engine):
         def after(study: optuna.Study, frozen: FrozenTrial) -> None:
             model = kept["model"] if kept["number"] == frozen.number else None
             reason = book.after(frozen.number, hooks, model=model)  # always: it counts the trial
-            reason = kept["budget_stop"] or meter.exhausted(budget) or reason
+            reason = kept["budget_stop"] or meter.exhausted(budget) or reason or _no_epoch_fits(meter, budget)
             if reason:
                 stop["reason"] = reason
                 study.stop()
@@ -137,6 +137,14 @@ def _objective(book: StudyBook, job: Job, kept: dict[str, Any]):
         return out.values if multi else out.values[0]
 
     return objective
+
+
+def _no_epoch_fits(meter: Any, budget: Any) -> str | None:
+    """A stop reason when not even one more epoch ends within the time/compute limit (no trial is started)."""
+    if meter.epoch_fits(budget):
+        return None
+    return (f"budget: no epoch fits in the {meter.seconds_left(budget):.2f} s left (an epoch takes "
+            f"~{meter.epoch_estimate:.2f} s)")
 
 
 def _admission(book: StudyBook, trial: optuna.Trial, job: Job) -> str:
