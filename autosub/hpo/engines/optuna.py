@@ -80,7 +80,7 @@ class OptunaEngine(Engine):
         elif not stop["reason"]:
             stop["reason"] = meter.exhausted(budget) or "nothing to run"
         bar.close()
-        if not self.store.join or meter.exhausted(budget) or kept["budget_stop"]:
+        if not self.store.join or meter.exhausted(budget):  # (a joined worker leaves the shared queue to others)
             book.settle_waiting(f"the search stopped ({stop['reason']})")  # nothing is left WAITING
         log.info("search stopped: %s", stop["reason"])
         return EngineRun(records=book.records(), stop_reason=stop["reason"], best_number=kept["number"],
