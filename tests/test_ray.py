@@ -439,3 +439,37 @@ def test_the_searcher_saves_json_and_after_a_restore_settles_the_trials_the_dead
     (tmp_path / "pickled").write_bytes(pickle.dumps({"numbers": {}}))  # the old format: refused, never loaded
     with pytest.raises(SearchAborted, match="not the JSON"):
         _searcher(tmp_path).restore(str(tmp_path / "pickled"))
+
+
+# ---------------------------------------------------------------------------------------------- security
+def test_a_local_ray_started_by_autosub_binds_loopback_where_ray_allows_and_keeps_token_auth_on():
+    """What is true on Ray 2.60: the node address is loopback (127.0.0.2) and the runtime-env agent listens there;
+    the GCS, the raylet and the workers listen on every interface (they take no bind address), so token
+    authentication stays on. No Ray process listens on the machine's external address alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(
+        p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p))
+    code = textwrap.dedent("""
+        import json, os, ray
+        import psutil  # Ray ships it (ray/thirdparty_files, on sys.path once ray is imported)
+        from autosub.hpo.engines.ray import connect
+        connect("local")
+        ray.get(ray.remote(lambda: 1).remote())  # a worker process runs too
+        names = {p.pid: p.name() for p in psutil.Process().children(recursive=True)}
+        socks = sorted((names[c.pid], c.laddr.ip) for c in psutil.net_connections(kind="inet")
+                       if c.status == psutil.CONN_LISTEN and c.pid in names)
+        print(json.dumps({"auth": os.environ.get("RAY_AUTH_MODE"), "node_ip": ray.util.get_node_ip_address(),
+                          "sockets": socks}))
+        ray.shutdown()
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["auth"] == "token" and got["node_ip"] == "127.0.0.2"
+    socks = [tuple(s) for s in got["sockets"]]
+    assert socks, "no listening socket of a Ray process was found"
+    wildcard = {ip for _, ip in socks} - {"127.0.0.2"}
+    assert wildcard <= {"0.0.0.0", "::"}, socks  # loopback, or a wildcard Ray cannot narrow; nothing else
+    assert ("ray::RuntimeEnvAgent", "127.0.0.2") in socks or any(ip == "127.0.0.2" for _, ip in socks)
+    on_all = {name for name, ip in socks if ip in ("0.0.0.0", "::")}
+    assert on_all <= {"gcs_server", "raylet"} | {n for n in on_all if n.startswith("ray::")}, on_all

@@ -141,11 +141,13 @@ def test_consecutive_space_with_lr_multipliers_and_a_params_objective(model, tas
 # ------------------------------------------------------------------------------------------------ storage
 def test_resume_continues_the_same_study_without_duplicates_or_losses(model, task, tmp_path):
     kw = dict(run_dir=tmp_path, selector="greedy", space=SearchSpace(max_blocks=2), study_name="g", **fast())
-    first = search(model, task, 2, **kw)
-    assert [r.state for r in first.records] == ["COMPLETE", "COMPLETE", "WAITING", "WAITING"]
+    first = search(model, task, 2, **kw)  # nothing is left WAITING: the unrun singles are settled FAIL, unrun
+    assert [r.state for r in first.records] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    assert all(r.user_attrs["unrun"] and "not run" in r.user_attrs["fail_reason"] for r in first.records[2:])
     with pytest.raises(ConfigError, match="resume=True"):
         search(model, task, 2, **kw)
-    second = search(model, task, 3, resume=True, **kw)
+    second = search(model, task, 5, resume=True, **kw)  # the budget is the study's total: 3 more trials
+    assert second.spent["trials"] == 5 and not [r for r in second.records if r.state in ("WAITING", "RUNNING")]
     done = [r for r in second.records if r.state == "COMPLETE"]
     assert [r.selection for r in done[:4]] == [(0,), (1,), (2,), (3,)]  # the queued singles ran, once each
     assert len(done) == 5 and len(done[4].selection) == 2  # then greedy's second step started

@@ -38,7 +38,7 @@ class Backend(abc.ABC):
     def require(self) -> None:
         """Raise :class:`~autosub.errors.MissingDependencyError` when this backend's extra is not installed."""
 
-    def engine(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool, directions: list[str],
+    def engine(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool | str, directions: list[str],
                seed: int = 0) -> "Engine":
         """Build this backend's engine; it validates and opens the storage before any work.
 
@@ -47,7 +47,8 @@ class Backend(abc.ABC):
                 storage object.
             study_name: The study to create or (with ``resume``) continue.
             run_dir: The search's directory (default storage, Ray Tune's experiment).
-            resume: Continue the study named ``study_name``; without it the study must not exist yet.
+            resume: True continues the study named ``study_name``; ``"join"`` creates or loads it (a worker of a
+                shared study); False: it must not hold a started search yet.
             directions: ``"maximize"`` / ``"minimize"`` per objective, score first.
             seed: The search's seed.
 

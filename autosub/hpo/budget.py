@@ -1,4 +1,12 @@
-"""What a search may spend: ``Budget`` (the limits a user sets) and ``Meter`` (what one search call has spent).
+"""What a search may spend: ``Budget`` (the limits a user sets) and ``Meter`` (what the search has spent).
+
+**The budget is the study's total.** Trials, seconds and compute count everything the study has spent, across
+every call that ran it: a ``resume=True`` call with the same budget finishes it (what the killed driver spent up
+to its last finished trial is restored from the study, :meth:`Meter.restore`), and extending a finished search
+takes an explicitly bigger budget. A time or compute budget is kept to within one epoch: after every epoch a trial
+asks :meth:`Meter.epoch_fits`; when the next epoch would end past the limit the trial stops there
+(:class:`BudgetStop`, recorded PRUNED at its last epoch), and a trial whose first epoch cannot finish in time is
+not started.
 
 This is the one home of the budget check: every engine asks :meth:`Meter.exhausted` whether another trial may
 start — the Optuna engine after each trial, the Ray searcher before it starts one. A Meter that travels to
@@ -14,7 +22,15 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, check_positive
 
-__all__ = ["Budget", "Meter"]
+__all__ = ["Budget", "BudgetStop", "Meter"]
+
+
+class BudgetStop(Exception):
+    """Raised by a trial's per-epoch hook when its next epoch would end past the time or compute limit.
+
+    Engines record the trial at its last finished epoch (PRUNED, ``stopped_by`` giving the reason) and end the
+    search. (Optuna's ``TrialPruned`` is raised from it by the Optuna engine.)
+    """
 
 
 @dataclass(frozen=True)
@@ -23,7 +39,7 @@ class Budget:
 
     ``compute`` is counted in full-finetune-epoch equivalents: the search's wall time divided by the time of
     one full-finetuning epoch on the same task, measured on the fly (or given as ``epoch_seconds``).
-    The trial in flight always finishes, as with Optuna's ``timeout``.
+    The limits are the study's totals (see the module docs); a running trial stops at its last epoch that fits.
     """
 
     trials: int | None = None
@@ -80,6 +96,7 @@ class Meter:
         self._wall = False  # True in a copy unpickled elsewhere: the clock is time.time()
         self._start = self._now()
         self._paused = 0.0
+        self._epochs: list[float] = []  # wall seconds of the trial epochs seen (the estimate of the next one)
 
     def _now(self) -> float:
         return time.time() if self._wall else time.perf_counter()
@@ -132,6 +149,37 @@ class Meter:
         if budget.compute is not None and self.epoch_seconds:
             left.append((budget.compute - self.compute) * self.epoch_seconds)
         return max(1e-3, min(left)) if left else None
+
+    def restore(self, spent: Mapping[str, Any] | None) -> None:
+        """Count on from what earlier calls of this study spent (``spent``: a :meth:`snapshot`); trials are
+        counted from the study itself by the engine."""
+        if not spent:
+            return
+        self._start -= float(spent.get("seconds") or 0.0)
+        for k, v in (spent.get("phases") or {}).items():
+            self.add_phase(f"{k}", float(v))
+        self._epochs = [float(x) for x in spent.get("epochs", [])][-20:]
+
+    def snapshot(self) -> dict[str, Any]:
+        """What to record in the study after every trial so a resume counts on from here."""
+        return {"seconds": round(self.seconds, 4), "phases": {k: round(v, 4) for k, v in self.phases.items()},
+                "epochs": [round(x, 4) for x in self._epochs[-20:]]}
+
+    def add_epoch(self, seconds: float) -> None:
+        """Record the wall time of one trial epoch (feeds :meth:`epoch_fits`)."""
+        self._epochs.append(float(seconds))
+
+    @property
+    def epoch_estimate(self) -> float | None:
+        """The expected wall time of the next trial epoch: the mean of the last five seen (None before one)."""
+        last = self._epochs[-5:]
+        return sum(last) / len(last) if last else None
+
+    def epoch_fits(self, budget: Budget, seconds: float | None = None) -> bool:
+        """Whether one more epoch (``seconds``, default :attr:`epoch_estimate`) ends within the time/compute limit."""
+        need = self.epoch_estimate if seconds is None else seconds
+        left = self.seconds_left(budget)
+        return need is None or left is None or need <= left
 
     def report(self) -> dict[str, Any]:
         return {"trials": self.trials, "seconds": round(self.seconds, 3),

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -37,7 +38,7 @@ from .backends import Backend, RayBackend, resolve_backend
 from .budget import Budget, Meter
 from .calibration import measure_epoch_seconds, profile_affordable
 from .config import RunConfig, TrainingConfig, as_config
-from .engines import EngineRun, Job, TrialOutcome
+from .engines import EngineRun, Job, TrialOutcome, mask_url
 from .result import (SearchResult, TrialRecord, pareto_front, preference, selection_uncertainty, trials_frame,
                      trunk_fingerprint)
 from .selectors import BaseSelector, SelectorContext, get_selector
@@ -68,7 +69,7 @@ def search(
     backend: str | Backend = "optuna",
     training: TrainingConfig | dict | None = None,
     run: RunConfig | dict | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     seed: int = 0,
     **legacy: Any,
 ) -> SearchResult:
@@ -79,7 +80,14 @@ def search(
         dataset: an :class:`autosub.Task`, or anything :func:`autosub.as_task` takes (``(X, y)``, a torch Dataset,
             an ImageFolder path, …).
         budget: an int (trials), a :class:`~autosub.Budget` (trials / seconds / compute in full-FT epochs, the first
-            reached stops the search) or a dict of Budget fields. On ``resume`` the budget counts this call only.
+            reached stops the search) or a dict of Budget fields. **The budget is the study's total**: what every
+            earlier call of the same study spent (trials run, seconds and compute up to its last finished trial)
+            counts against it, so ``resume=True`` with the same budget finishes the original search (after a
+            killed driver, say), and extending a finished search takes an explicitly bigger budget
+            (``search(..., 40, resume=True)`` after 30 trials runs 10 more). A time/compute budget ends within one
+            epoch of its limit: a running trial is stopped at its last epoch that fits (recorded PRUNED,
+            ``stopped_by``), a trial whose first epoch cannot finish in time is not started, and no trial is
+            left WAITING in the study (unrun ones are recorded FAIL with ``unrun`` and run again on resume).
         selector: what to try next: ``"tpe"`` (default: TPE with the profile prior), ``"random"``, ``"greedy"``,
             ``"profile-top-k"``, ``"nsga2"`` or a :class:`~autosub.hpo.selectors.BaseSelector`.
         space: ``"subset"`` (one boolean per block), ``"consecutive"``, ``"single"`` or a
@@ -95,7 +103,13 @@ def search(
         training: a :class:`~autosub.hpo.config.TrainingConfig` or dict: batch size, device, amp, cache memory,
             retraining on train+val.
         run: a :class:`~autosub.hpo.config.RunConfig` or dict: run_dir, storage, study_name, callbacks, progress.
-        resume: continue the study named ``run.study_name`` in ``run.storage`` / ``run.run_dir``.
+        resume: ``True`` continues the study named ``run.study_name`` in ``run.storage`` / ``run.run_dir``: it must
+            exist and have been run on the same model (trunk fingerprint) and space (else ConfigError before any
+            trial); its trials left RUNNING by the dead driver are failed with a reason and retried at once, its
+            prior is reused. ``"join"``: create-or-load, for several worker processes (or machines) of one search
+            sharing a database storage (``postgresql://…``); each worker runs trials until the study's budget is
+            taken; a worker of this machine that died is retried at once, one of another machine after Optuna's
+            heartbeat grace period. Start every worker with the same arguments.
         seed: seeds heads, data order and samplers: the same seed on the same CPU gives the same selection.
         **legacy: the 0.1 keyword names (``run_dir=``, ``storage=``, ``batch_size=``, ``resources_per_trial=``, …)
             still work for one release, with a DeprecationWarning; they map onto ``training``/``run``/``backend``.
@@ -130,7 +144,7 @@ class _Plan:
     training: TrainingConfig
     run: RunConfig
     run_path: Path
-    resume: bool
+    resume: bool | str
 
     @property
     def multi(self) -> bool:
@@ -162,8 +176,9 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
     check_positive("epochs", epochs, "search", integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"The 'seed' parameter of search must be an int; got {seed!r} instead.")
-    if not isinstance(resume, bool):
-        raise ConfigError(f"The 'resume' parameter of search must be a bool; got {resume!r} instead.")
+    if not (isinstance(resume, bool) or (isinstance(resume, str) and resume == "join")):
+        raise ConfigError(f"The 'resume' parameter of search must be False, True or 'join' (a worker of a shared "
+                          f"study); got {resume!r} instead.")
     chosen = resolve_backend(backend)  # an unknown name, bad options or a missing extra fail here, before any work
     if ray_opts:  # 0.1 spelled the Ray options as search() keywords
         if chosen.name != "ray":
@@ -227,10 +242,12 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
     engine = plan.backend.engine(storage=plan.run.storage, study_name=plan.run.study_name, run_dir=plan.run_path,
                                  resume=plan.resume, directions=plan.directions, seed=plan.seed)
     saved = engine.load_state()
-    if saved and (saved.get("space", {}).get("kind") != plan.spec.kind or saved.get("n_blocks") != len(part)):
-        raise ConfigError(f"The study {plan.run.study_name!r} was run on a {saved.get('space', {}).get('kind')!r} space "
-                          f"over {saved.get('n_blocks')} blocks; resume it with the same model and space.")
+    fingerprint = trunk_fingerprint(setup.work, part)
+    _check_resumable(plan, saved, fingerprint, len(part))
+    engine.store.record_state({"trunk_fingerprint": fingerprint, "space": plan.spec.to_dict(), "n_blocks": len(part),
+                               "budget": plan.budget.__dict__, "status": "setting up"})
     meter = Meter(plan.budget.epoch_seconds)
+    meter.restore(engine.store.load_spent())  # the budget is the study's total
     t0 = time.perf_counter()
     boundaries = list(range(len(part))) + ([len(part)] if bound.min_blocks == 0 else [])
     cache, folds = _caches(plan, setup, boundaries)
@@ -241,7 +258,26 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
             setup.work, setup.view, batch_size=plan.training.batch_size, device=dev, amp=plan.training.amp)
         meter.add_phase("calibration", time.perf_counter() - t0)
     log.info("one full-finetune epoch ≈ %.2fs (the unit of compute)", meter.epoch_seconds)
+    engine.store.record_state({"epoch_seconds": meter.epoch_seconds})
     return _State(setup=setup, bound=bound, engine=engine, saved=saved, cache=cache, meter=meter, folds=folds)
+
+
+def _check_resumable(plan: _Plan, saved: dict[str, Any], fingerprint: str, n_blocks: int) -> None:
+    """A resumed study must have been run on this model (trunk fingerprint) and this space: else ConfigError."""
+    if not saved:
+        return
+    name = plan.run.study_name
+    if saved.get("n_blocks") not in (None, n_blocks) or saved.get("trunk_fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"The study {name!r} was run on another model (trunk fingerprint "
+                          f"{str(saved.get('trunk_fingerprint'))[:12]}…, {saved.get('n_blocks')} blocks; this model: "
+                          f"{fingerprint[:12]}…, {n_blocks} blocks); resume it with the same model and weights, or "
+                          "start a new study (another study_name / run_dir).")
+    space, mine = saved.get("space"), json.loads(json.dumps(plan.spec.to_dict()))  # as the study stores it
+    if space is not None and space != mine:
+        diff = sorted(k for k in {*space, *mine} if space.get(k) != mine.get(k))
+        raise ConfigError(f"The study {name!r} was run on another search space (differs in {diff}: recorded "
+                          f"{ {k: space.get(k) for k in diff} }, got { {k: mine.get(k) for k in diff} }); resume it "
+                          "with the same space, or start a new study.")
 
 
 def _caches(plan: _Plan, setup: Setup, boundaries: list[int]) -> tuple[Any, list[tuple[Task, Any]]]:
@@ -278,7 +314,9 @@ def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
                        cache=state.cache if state.cache is not None else False, seed=plan.seed,
                        progress=plan.run.progress)
     state.meter.add_phase("prior", time.perf_counter() - t0)
-    return Prior.of(prof, n)
+    found = Prior.of(prof, n)
+    state.engine.store.record_state({"prior": found.to_dict()})  # a driver killed after this reuses it
+    return found
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -346,7 +384,8 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
               "epochs": plan.epochs, "seed": plan.seed, "batch_size": tr.batch_size, "model": type(setup.model).__name__,
               "block_names": list(setup.partition.names), "blocks": blocks_spec(setup.partition),
               "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(setup.work, setup.partition),
-              "retrained": tr.retrain, "budget": plan.budget.__dict__, "run": plan.run.to_dict(),
+              "retrained": tr.retrain, "budget": plan.budget.__dict__,
+              "run": {**plan.run.to_dict(), "storage": mask_url(plan.run.to_dict()["storage"])},
               "cv_folds": tr.cv_folds, "uncertainty": selection_uncertainty(done, best, len(setup.view.val)),
               "task": {"train": len(task.train), "val": len(task.val), "test": n_test}}
     pareto = [{"number": r.number, "selection": list(r.selection or ()), "score": r.score,

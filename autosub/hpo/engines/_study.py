@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +44,14 @@ from ..space import BoundSpace, Candidate
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Job
 
-__all__ = ["FAIL_KEY", "Hooks", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "STATE_KEY", "StudyBook", "StudyStore",
-           "Verdict", "open_storage", "to_record"]
+__all__ = ["FAIL_KEY", "Hooks", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
+           "StudyStore", "Verdict", "mask_url", "open_storage", "pid_alive", "to_record"]
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "autosub"  # study user attr: the search state (space, prior, calibration, …)
+SPENT_KEY = "autosub_spent"  # study user attr: what the search spent so far (Meter.snapshot), after every trial
+RESUME_MODES = (False, True, "join")
 FAIL_KEY = "autosub_fail_reason:"  # + trial number: the reason of a trial failed after its Trial object was lost
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 MAX_DUPLICATES = 25  # consecutive repeats of finished configurations before the space counts as exhausted
@@ -58,6 +64,38 @@ except ImportError:  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------------------------ storage
+_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+
+
+def mask_url(url: Any) -> Any:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``; anything else as it is.
+
+    Every URL autosub logs, stores (``SearchResult.storage``, ``config["run"]``) or puts in an error message
+    goes through this: a password never reaches a log or a file. (Give the password to the tools that need it
+    through ``PGPASSWORD`` or ``~/.pgpass``.)
+    """
+    if not isinstance(url, (str, Path)):
+        return url
+    return _PASSWORD.sub(lambda m: f"{m.group('head')}:***@", str(url))
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this machine (a zombie counts as gone)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grace_period: int | None = None,
                  max_retry: int = 3) -> tuple[BaseStorage, str]:
     """Open (and check) an Optuna storage; return it and a URL/path users can pass to optuna-dashboard.
@@ -67,7 +105,7 @@ def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grac
     a path ending in ``.log``/``.jsonl``/``.journal`` or ``journal:<path>`` → ``JournalStorage``; a storage object.
     """
     if isinstance(spec, BaseStorage):
-        return spec, getattr(spec, "url", type(spec).__name__)
+        return spec, mask_url(getattr(spec, "url", type(spec).__name__))
     if spec is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
@@ -84,6 +122,7 @@ def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grac
             return JournalStorage(JournalFileBackend(str(path))), str(path)
         except OSError as exc:
             raise SearchAborted(f"Cannot open the journal storage {path}: {exc}. Give a writable path.") from exc
+    shown = mask_url(text)
     if "://" not in text:
         raise ConfigError(f"The 'storage' parameter of search must be an Optuna URL such as 'sqlite:///study.db' "
                           f"or a journal file ending in {JOURNAL_SUFFIXES}; got {text!r} instead.")
@@ -94,11 +133,13 @@ def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grac
                                  grace_period=grace_period or 2 * heartbeat_interval,
                                  heartbeat_stale_trial_callback=_Retry(max_retry=max_retry))
     except ImportError as exc:
-        raise ConfigError(f"The storage URL {text!r} needs a database driver that is not installed ({exc}).") from exc
+        raise ConfigError(f"The storage URL {shown!r} needs a database driver that is not installed "
+                          f"({mask_url(str(exc))}).") from None
     except Exception as exc:  # sqlalchemy errors: bad path, host down, auth
-        raise SearchAborted(f"Cannot reach the Optuna storage {text!r}: {type(exc).__name__}: {exc}. Check the URL "
-                            "(sqlite needs an existing, writable directory) or pass storage=None.") from exc
-    return storage, text
+        raise SearchAborted(f"Cannot reach the Optuna storage {shown!r}: {type(exc).__name__}: {mask_url(str(exc))}."
+                            " Check the URL (sqlite needs an existing, writable directory) or pass "
+                            "storage=None.") from None
+    return storage, shown
 
 
 def to_record(t: FrozenTrial, space: BoundSpace, *, fail_reason: str | None = None) -> TrialRecord:
@@ -118,6 +159,12 @@ def to_record(t: FrozenTrial, space: BoundSpace, *, fail_reason: str | None = No
                        params=dict(t.params), selection=sel, hparams=hparams, user_attrs=attrs,
                        intermediate=dict(t.intermediate_values), seconds=attrs.get("seconds", seconds),
                        retry_of=t.system_attrs.get("failed_trial", attrs.get("retry_of")))
+
+
+def _stale_reasons(trials: Sequence[FrozenTrial]) -> dict[int, str]:
+    """Reasons for trials Optuna's heartbeat failed (their retry names them in ``failed_trial``)."""
+    return {int(t.system_attrs["failed_trial"]): "stale: its process stopped sending heartbeats (killed worker); "
+            f"retried as trial {t.number}" for t in trials if "failed_trial" in t.system_attrs}
 
 
 @dataclass
@@ -140,32 +187,50 @@ class Verdict:
 class StudyStore:
     """The storage and the study's name: opened and checked when an engine is built, before any work.
 
+    ``resume``: False (a new search: the study must not hold one already), True (continue the study: it must
+    exist; its RUNNING trials belong to the dead driver and are failed and retried at once) or ``"join"``
+    (create-or-load: one of several workers of one search sharing the storage; a RUNNING trial is failed and
+    retried at once only when its process is gone from this machine, else after Optuna's heartbeat grace period).
+    A study that exists but never started a trial nor recorded a prior (its driver died while setting up, or a
+    start failed) counts as not started: a new search takes it over and ``resume=True`` continues it.
+
     Raises:
-        ConfigError: a bad storage spec; a study that exists without ``resume``, is missing with it, or
-            optimizes other directions.
+        ConfigError: a bad storage spec or ``resume`` value; a started study without ``resume``, a missing one
+            with ``resume=True``, or one that optimizes other directions.
         SearchAborted: the storage cannot be reached or read.
     """
 
-    def __init__(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool,
+    def __init__(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool | str,
                  directions: list[str]) -> None:
+        if not (resume is True or resume is False or (isinstance(resume, str) and resume == "join")):
+            raise ConfigError(f"The 'resume' parameter of search must be False, True or 'join'; got {resume!r} "
+                              "instead.")
         self.storage, self.url = open_storage(storage, Path(run_dir))
         self.study_name, self.directions = study_name, list(directions)
+        self.join = resume == "join"
         try:
             names = optuna.study.get_all_study_names(self.storage)
         except Exception as exc:
-            raise SearchAborted(f"Cannot read studies from {self.url!r}: {exc}") from exc
-        self.exists = study_name in names
-        if self.exists and not resume:
+            raise SearchAborted(f"Cannot read studies from {self.url!r}: {mask_url(str(exc))}") from None
+        present = study_name in names
+        started = present and self._started()
+        if started and resume is False:
             raise ConfigError(f"A study named {study_name!r} already exists in {self.url}; pass resume=True to "
                               "continue it, or another study_name / run_dir to start afresh.")
-        if resume and not self.exists:
+        if resume is True and not present:
             raise ConfigError(f"resume=True but {self.url} has no study named {study_name!r} (it has "
                               f"{names}); pass the study_name and storage/run_dir of the search to continue.")
-        if self.exists:
+        self.exists = started or (present and resume is True)
+        if present:
             got = [d.name.lower() for d in optuna.load_study(study_name=study_name, storage=self.storage).directions]
             if got != self.directions:
                 raise ConfigError(f"The study {study_name!r} optimizes {got}, but these objectives need "
                                   f"{self.directions}; resume it with the objectives it was created with.")
+
+    def _started(self) -> bool:
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        return bool(study.get_trials(deepcopy=False)) or bool(study.user_attrs.get(STATE_KEY, {}).get("prior")) \
+            or bool(study.user_attrs.get(SPENT_KEY))
 
     def load_state(self) -> dict[str, Any]:
         """The search state an earlier run recorded (``{}`` for a new study)."""
@@ -173,6 +238,20 @@ class StudyStore:
             return {}
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         return dict(study.user_attrs.get(STATE_KEY, {}))
+
+    def load_spent(self) -> dict[str, Any]:
+        """What earlier runs of the study spent (a :meth:`~autosub.hpo.budget.Meter.snapshot`; ``{}`` if none)."""
+        if not self.exists:
+            return {}
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        return dict(study.user_attrs.get(SPENT_KEY, {}))
+
+    def record_state(self, state: dict[str, Any]) -> None:
+        """Create the study if needed and merge ``state`` into its search state (before the cache is filled, so a
+        driver killed while setting up or profiling leaves a study that ``resume=True`` continues)."""
+        study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=self.directions,
+                                    load_if_exists=True)
+        study.set_user_attr(STATE_KEY, {**study.user_attrs.get(STATE_KEY, {}), **state})
 
     def open(self, job: "Job", *, sampler: optuna.samplers.BaseSampler,
              pruner: optuna.pruners.BasePruner) -> "StudyBook":
@@ -233,8 +312,92 @@ class StudyBook:
         return {int(k[len(FAIL_KEY):]): v for k, v in self.study.user_attrs.items() if k.startswith(FAIL_KEY)}
 
     def records(self) -> list[TrialRecord]:
-        reasons = self.fail_reasons()
-        return [to_record(t, self.space, fail_reason=reasons.get(t.number)) for t in self.trials()]
+        trials = self.trials()
+        reasons = {**_stale_reasons(trials), **self.fail_reasons()}
+        return [to_record(t, self.space, fail_reason=reasons.get(t.number)) for t in trials]
+
+    # -- the budget's count and the study's consistency -----------------------------------------------------
+    def spent_trials(self, *, running: bool = False, below: int | None = None) -> int:
+        """The trials that count against ``Budget.trials``: every finished trial this search ran (complete,
+        pruned, failed; a settled duplicate or infeasible proposal too), but not the profile's known results
+        (``known``), not a lost trial that was retried (its retry counts), and not a trial settled unrun.
+
+        Args:
+            running: also count the trials RUNNING now (other workers' trials, for an admission check).
+            below: only trials numbered below this one.
+        """
+        trials = self.trials()
+        retried = {int(t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of", -1))) for t in trials
+                   if "failed_trial" in t.system_attrs or "retry_of" in t.user_attrs}
+        n = 0
+        for t in trials:
+            if below is not None and t.number >= below:
+                continue
+            if t.state == TrialState.RUNNING:
+                n += running
+            elif t.state.is_finished() and not t.user_attrs.get("known") and not t.user_attrs.get("unrun") \
+                    and not (t.state == TrialState.FAIL and t.number in retried):
+                n += 1
+        return n
+
+    def fail_stale(self, *, single_driver: bool) -> list[int]:
+        """Fail and re-enqueue at once the RUNNING trials whose process is gone; returns their numbers.
+
+        ``single_driver`` (a resumed study): every RUNNING trial belongs to the driver that died. Otherwise (join
+        mode, or between trials) only those recorded by a process of this machine (``host``/``pid``) that no
+        longer runs; a trial of another machine is left to Optuna's heartbeat (RDB storages).
+        """
+        host, me, failed = socket.gethostname(), os.getpid(), []
+        for t in self.trials(TrialState.RUNNING):
+            pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+            if not single_driver and (where != host or pid == me or pid_alive(pid)):
+                continue
+            reason = (f"lost: its driver (pid {pid} on {where}, started {t.user_attrs.get('started_at', '?')}) "
+                      "stopped mid-trial; retried at once")
+            self.fail_lost(t.number, reason)
+            self.retry(t.params, t.number, reason, proposed_by=t.user_attrs.get("proposed_by", "retry"),
+                       extra={k: t.user_attrs[k] for k in ("greedy_step",) if k in t.user_attrs})
+            log.warning("trial %d: %s", t.number, reason)
+            failed.append(t.number)
+        return failed
+
+    def settle_waiting(self, reason: str) -> list[int]:
+        """Settle every trial still WAITING when the search stops: FAIL, ``unrun``, ``fail_reason`` = ``reason``
+        (not counted against the budget); a resume enqueues them again (:meth:`requeue_unrun`)."""
+        settled = []
+        study = self.study
+        while self.has(TrialState.WAITING):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize"
+                trial = study.ask()
+            if "fixed_params" not in self.frozen(trial.number).system_attrs:  # pragma: no cover - another worker took the last one
+                study.tell(trial, state=TrialState.FAIL)
+                study.set_user_attr(f"{FAIL_KEY}{trial.number}", "unrun: asked while settling the queue")
+                trial.set_user_attr("unrun", True)
+                break
+            self.space.suggest(trial)
+            trial.set_user_attr("unrun", True)
+            trial.set_user_attr("fail_reason", f"not run: {reason}; a resume with a bigger budget runs it")
+            study.tell(trial, state=TrialState.FAIL)
+            settled.append(trial.number)
+        return settled
+
+    def requeue_unrun(self) -> list[int]:
+        """Enqueue again (once) the trials an earlier run settled unrun; returns their numbers."""
+        trials = self.trials()
+        done = {t.user_attrs.get("requeue_of") for t in trials}
+        out = []
+        for t in trials:
+            if t.user_attrs.get("unrun") and t.number not in done and t.params:
+                attrs = {k: v for k, v in t.user_attrs.items() if k in ("proposed_by", "greedy_step", "retry_of",
+                                                                         "retry_reason")}
+                self.study.enqueue_trial(dict(t.params), user_attrs={**attrs, "requeue_of": t.number})
+                out.append(t.number)
+        return out
+
+    def save_spent(self, snapshot: dict[str, Any]) -> None:
+        """Record what the search has spent (after every trial: a killed driver's resume counts on from it)."""
+        self.study.set_user_attr(SPENT_KEY, snapshot)
 
     def record(self, number: int) -> TrialRecord:
         return to_record(self.frozen(number), self.space,
@@ -251,6 +414,7 @@ class StudyBook:
             if p.state is None:
                 study.enqueue_trial(p.params, user_attrs=p.user_attrs, skip_if_exists=True)
                 continue
+            p.user_attrs.setdefault("known", True)  # a result known without training: not counted as a trial
             fixed = optuna.trial.FixedTrial(p.params)
             self.space.suggest(fixed)  # records the exact distributions the objective uses
             study.add_trial(optuna.trial.create_trial(
@@ -285,7 +449,8 @@ class StudyBook:
             by = self.sampler.proposed_by(trial.number)
         info = {"selection": list(sel), "n_blocks": len(sel), "proposed_by": by or "sampler",
                 "trainable_params": self.space.trainable_params(sel), "added_cost": self.space.added_cost(sel),
-                **extra}
+                "pid": os.getpid(), "host": socket.gethostname(),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
         for k, v in info.items():
             trial.set_user_attr(k, v)
 
@@ -320,10 +485,13 @@ class StudyBook:
         trial.set_user_attr("compute", meter.to_compute(seconds))
         trial.set_user_attr("cum_compute", meter.compute)
 
-    def retry(self, params: dict[str, Any], number: int, reason: str, *, proposed_by: str = "retry") -> None:
-        """Enqueue trial ``number``'s parameters again, saying why (``retry_of``, ``retry_reason``)."""
-        self.study.enqueue_trial(dict(params), user_attrs={"proposed_by": proposed_by, "retry_of": number,
-                                                           "retry_reason": reason})
+    def retry(self, params: dict[str, Any], number: int, reason: str, *, proposed_by: str = "retry",
+              extra: dict[str, Any] | None = None) -> None:
+        """Enqueue trial ``number``'s parameters again, saying why (``retry_of``, ``retry_reason``), once."""
+        if any(t.user_attrs.get("retry_of") == number for t in self.trials()):
+            return
+        self.study.enqueue_trial(dict(params), user_attrs={**(extra or {}), "proposed_by": proposed_by,
+                                                           "retry_of": number, "retry_reason": reason})
 
     def fail_lost(self, number: int, reason: str) -> None:
         """Fail a RUNNING trial whose ``Trial`` object is gone (its driver died), by number; keep the reason."""
@@ -371,7 +539,9 @@ class StudyBook:
                  rec.user_attrs.get("fail_reason") or rec.user_attrs.get("node_ip") or
                  rec.user_attrs.get("proposed_by"))
         if hooks is not None:
-            hooks.meter.trials += 1
+            self.fail_stale(single_driver=False)  # a worker of this machine that died mid-trial: retried now
+            hooks.meter.trials = self.spent_trials()
+            self.save_spent(hooks.meter.snapshot())
             if hooks.bar is not None:
                 hooks.bar.update(1)
                 compute = hooks.meter.compute

@@ -84,7 +84,8 @@ class Engine(abc.ABC):
             (``.log``/``.jsonl``/``.journal`` or ``journal:<path>``) or an Optuna storage object.
         study_name: The study to create or continue.
         run_dir: The search's directory.
-        resume: Continue the existing study ``study_name``; without it the study must not exist.
+        resume: Continue the existing study ``study_name`` (True), create-or-load it as one of several workers
+            (``"join"``), or start it (False: it must not hold a started search).
         directions: ``"maximize"`` / ``"minimize"`` per objective, score first.
         seed: The search's seed.
         options: The backend's options object (:class:`~autosub.hpo.backends.Backend`); None: the defaults.
@@ -92,7 +93,7 @@ class Engine(abc.ABC):
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool, directions: list[str],
+    def __init__(self, *, storage: Any, study_name: str, run_dir: Path, resume: bool | str, directions: list[str],
                  seed: int = 0, options: "Backend | None" = None) -> None:
         self.store = StudyStore(storage=storage, study_name=study_name, run_dir=Path(run_dir), resume=resume,
                                 directions=list(directions))

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 from tqdm.auto import tqdm
 
 from ...errors import SearchAborted, TrialFailed
+from ..budget import BudgetStop
 from ._study import Hooks, StudyBook, open_storage
 from .base import Engine, EngineRun, Job
 
@@ -51,16 +52,20 @@ class OptunaEngine(Engine):
         sampler = job.selector.sampler(ctx)
         pruner = resolve_pruner(job.pruner, epochs=ctx.epochs, enabled=job.selector.prunable and not multi)
         book = self.store.open(job, sampler=sampler, pruner=pruner)
+        if self.exists:  # a resumed study: the dead driver's RUNNING trials fail and run again first
+            book.fail_stale(single_driver=not self.store.join)
+            book.requeue_unrun()
+        meter.trials = book.spent_trials()  # the budget is the study's total
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name})", disable=not job.progress)
         hooks = Hooks(meter, bar, list(job.callbacks))
         stop = {"reason": book.begin(resumed=self.exists, hooks=hooks)}
-        kept: dict[str, Any] = {"model": None, "number": None, "score": float("-inf")}
+        kept: dict[str, Any] = {"model": None, "number": None, "score": float("-inf"), "budget_stop": ""}
         objective = _objective(book, job, kept)
 
         def after(study: optuna.Study, frozen: FrozenTrial) -> None:
             model = kept["model"] if kept["number"] == frozen.number else None
             reason = book.after(frozen.number, hooks, model=model)  # always: it counts the trial
-            reason = meter.exhausted(budget) or reason
+            reason = kept["budget_stop"] or meter.exhausted(budget) or reason or _no_epoch_fits(meter, budget)
             if reason:
                 stop["reason"] = reason
                 study.stop()
@@ -69,12 +74,14 @@ class OptunaEngine(Engine):
         if not stop["reason"] and (meter.exhausted(budget) is None or not finished):  # always at least one trial
             with _quiet(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                book.study.optimize(objective, n_trials=budget.trials, timeout=meter.seconds_left(budget),
+                book.study.optimize(objective, n_trials=None, timeout=meter.seconds_left(budget),
                                     catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
             stop["reason"] = stop["reason"] or meter.exhausted(budget) or "budget"
         elif not stop["reason"]:
             stop["reason"] = meter.exhausted(budget) or "nothing to run"
         bar.close()
+        if not self.store.join or meter.exhausted(budget):  # (a joined worker leaves the shared queue to others)
+            book.settle_waiting(f"the search stopped ({stop['reason']})")  # nothing is left WAITING
         log.info("search stopped: %s", stop["reason"])
         return EngineRun(records=book.records(), stop_reason=stop["reason"], best_number=kept["number"],
                          best_model=kept["model"], study_name=self.store.study_name, storage=self.store.url,
@@ -90,15 +97,25 @@ def _objective(book: StudyBook, job: Job, kept: dict[str, Any]):
     def objective(trial: optuna.Trial) -> Any:
         cand = space.suggest(trial)
         book.label(trial, cand)
+        unrun = _admission(book, trial, job)
+        if unrun:
+            trial.set_user_attr("unrun", True)
+            trial.set_user_attr("fail_reason", f"not run: {unrun}")
+            kept["budget_stop"] = kept["budget_stop"] or unrun
+            raise TrialFailed(f"trial {trial.number} not run: {unrun}")
         verdict = book.screen(trial, cand)
         if verdict is not None:
             if verdict.values is None:
                 raise TrialFailed(f"trial {trial.number}: {verdict.reason}")
             return verdict.values if multi else verdict.values[0]
-        report = _reporter(trial, job.context.epochs) if prunable else None
+        report = _reporter(trial, job, prunable=prunable, multi=multi)
         t0 = time.perf_counter()
         try:
             out = job.run_trial(cand, report)
+        except BudgetStop as exc:
+            trial.set_user_attr("stopped_by", str(exc))
+            kept["budget_stop"] = kept["budget_stop"] or str(exc)
+            raise optuna.TrialPruned(str(exc)) from None
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -122,13 +139,46 @@ def _objective(book: StudyBook, job: Job, kept: dict[str, Any]):
     return objective
 
 
-def _reporter(trial: optuna.Trial, epochs: int):
-    """Per-epoch report to the pruner; never prunes after the last epoch (the work is already done)."""
+def _no_epoch_fits(meter: Any, budget: Any) -> str | None:
+    """A stop reason when not even one more epoch ends within the time/compute limit (no trial is started)."""
+    if meter.epoch_fits(budget):
+        return None
+    return (f"budget: no epoch fits in the {meter.seconds_left(budget):.2f} s left (an epoch takes "
+            f"~{meter.epoch_estimate:.2f} s)")
+
+
+def _admission(book: StudyBook, trial: optuna.Trial, job: Job) -> str:
+    """Why trial ``trial`` must not start (empty: it may): the budget's trials are taken (by other workers of a
+    joined study, counting their running trials), or its first epoch would end past the time/compute limit."""
+    budget, meter = job.budget, job.meter
+    if budget.trials is not None:
+        taken = book.spent_trials(running=True, below=trial.number)
+        if taken >= budget.trials:
+            return f"trials ({taken}/{budget.trials}: the budget is taken by finished and running trials)"
+    if not meter.epoch_fits(budget) and book.has(optuna.trial.TrialState.COMPLETE):
+        return (f"budget stop: its first epoch (~{meter.epoch_estimate:.2f} s) would end past the limit "
+                f"({meter.seconds_left(budget):.2f} s left)")
+    return ""
+
+
+def _reporter(trial: optuna.Trial, job: Job, *, prunable: bool, multi: bool):
+    """After each epoch: report to the pruner (never prunes after the last epoch: the work is done), and stop the
+    trial at this epoch (:class:`~autosub.hpo.budget.BudgetStop`) when the next one would end past the budget."""
+    epochs, meter, budget = job.context.epochs, job.meter, job.budget
+    last = [time.perf_counter()]
 
     def report(epoch: int, score: float) -> None:
-        trial.report(score, epoch + 1)
-        if epoch + 1 < epochs and trial.should_prune():
+        now = time.perf_counter()
+        meter.add_epoch(now - last[0])
+        last[0] = now
+        if not multi:
+            trial.report(score, epoch + 1)
+        if epoch + 1 < epochs and prunable and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (val {score:.4f})")
+        if epoch + 1 < epochs and not meter.epoch_fits(budget):
+            raise BudgetStop(f"budget stop after epoch {epoch + 1} (val {score:.4f}): the next epoch "
+                             f"(~{meter.epoch_estimate:.2f} s) would end past the limit "
+                             f"({meter.seconds_left(budget):.2f} s left)")
 
     return report
 

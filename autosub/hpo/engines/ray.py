@@ -37,21 +37,26 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any, Mapping
 
 import optuna
-import ray
-from ray import tune
+
+if "ray" not in sys.modules:  # Ray reads its auth mode when it is imported: keep token authentication on by default
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
 from tqdm.auto import tqdm
 
 from ...errors import ConfigError, SearchAborted
 from ..backends import RayBackend
 from ._study import Hooks
 from .base import Engine, EngineRun, Job
-from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, started, train_trial
+from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, train_trial
 
-__all__ = ["RayEngine", "capacity", "connect", "default_resources", "load_tuned", "tune_config"]
+__all__ = ["LOOPBACK", "RayEngine", "capacity", "connect", "default_resources", "load_tuned", "local_security",
+           "tune_config"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,10 @@ class RayEngine(Engine):
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name}, ray)", disable=not job.progress)
         hooks = Hooks(meter, bar, list(job.callbacks))
         stop = ""
+        if self.exists and not restore and not self.store.join:  # the dead driver's trials Tune cannot continue
+            book.fail_stale(single_driver=True)
+        if self.exists and not restore:
+            book.requeue_unrun()
         if not restore:
             runs = int(info.get("runs", 0)) + 1
             exp = re.sub(r"[^A-Za-z0-9_.-]", "_", self.store.study_name) + ("" if runs == 1 else f"-{runs}")
@@ -131,9 +140,10 @@ class RayEngine(Engine):
         info["finished"] = True
         study.set_user_attr(RAY_KEY, info)
         records = book.records()
-        if self.client or restore or searcher is None:  # the searcher ran elsewhere or was unpickled by Tune
-            meter.trials = max(meter.trials, started(records, exp))
+        meter.trials = book.spent_trials()  # the study's total (the searcher may have run elsewhere)
         stop = stop or (searcher.stop_reason if searcher else "") or meter.exhausted(budget) or "budget"
+        book.settle_waiting(f"the search stopped ({stop})")
+        records = book.records()
         done = [r for r in records if r.state == "COMPLETE" and r.values]
         best = max(done, key=lambda r: (r.values[0], -r.number)) if done else None
         tuned = load_tuned(root, best.number, best.user_attrs.get("tune_trial")) if best is not None else None
@@ -156,6 +166,27 @@ def tune_config(*, searcher: Any, scheduler: Any, trials: int | None, max_concur
                            max_concurrent_trials=max_concurrent_trials, trial_dirname_creator=dirname)
 
 
+LOOPBACK = "127.0.0.2"  # Ray rewrites 127.0.0.1/localhost to the machine's address; another loopback one it keeps
+"""The node address of a Ray that autosub starts itself (``$AUTOSUB_RAY_NODE_IP`` overrides it)."""
+
+
+def local_security() -> dict[str, Any]:
+    """What a Ray that autosub starts on this machine is given, for security.
+
+    Ray 2.60 binds its Ray Client server and runtime-env agent to the node address (loopback, see
+    :data:`LOOPBACK`), but its GCS, raylet and worker processes still listen on every interface (measured; they
+    take no bind address). So autosub also keeps Ray's token authentication on: importing this module sets
+    ``RAY_AUTH_MODE=token`` unless the user set ``RAY_AUTH_MODE`` (or imported Ray) first — Ray reads it at import
+    time; a cluster autosub joins must then use token authentication too, or the user sets
+    ``RAY_AUTH_MODE=disabled`` for both (a warning says so when a local Ray starts without authentication).
+    """
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if mode.lower() == "disabled":
+        log.warning("RAY_AUTH_MODE=disabled: the local Ray's GCS and raylet listen on every interface without "
+                    "authentication; unset it to keep Ray's token authentication on")
+    return {"_node_ip_address": os.environ.get("AUTOSUB_RAY_NODE_IP", LOOPBACK)}
+
+
 # A Ray Client server can fail to start a client's session under load (Ray 2.60: psutil ZombieProcess in its
 # proxier); it answers ConnectionAbortedError, and a second attempt works. Other errors fail at once.
 CLIENT_ATTEMPTS = 3
@@ -170,6 +201,8 @@ def connect(address: str | None) -> bool:
         kw: dict[str, Any] = {"logging_level": logging.WARNING}
         if not target.startswith("ray://"):  # Ray Client takes neither (nor a runtime_env: its server failed)
             kw.update(include_dashboard=False, configure_logging=False)
+        if target == "local":  # a Ray started here: on loopback, with token authentication
+            kw.update(local_security())
         for attempt in range(1, CLIENT_ATTEMPTS + 1):
             log.info("ray.init(address=%r)", target)
             try:

@@ -235,8 +235,8 @@ class SelectorSearcher(Searcher):
         return hooks.meter if hooks is not None else self.meter
 
     def _exhausted(self) -> str | None:
-        """Why no new trial may start: the budget, with trials counted as started (not lost) in this experiment."""
-        n = started(self.book.records(), self.experiment)
+        """Why no new trial may start: the budget (the study's total), trials counted as finished or running."""
+        n = self.book.spent_trials(running=True)
         return self._meter().exhausted(self.budget, trials=n)
 
 

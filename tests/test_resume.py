@@ -1,0 +1,195 @@
+"""Fault injection: a search driver SIGKILLed at five points (cache fill, prior, mid-trial, between trials, at the
+end), then resumed with the same arguments. Every time: no completed trial lost or duplicated, the interrupted
+trial failed with a reason and retried at once, the prior's finished work reused, the study consistent (nothing
+left WAITING or RUNNING), and the search finishing its original budget (the budget is the study's total).
+
+The driver runs in a subprocess and kills itself with SIGKILL exactly at the point under test (a patched hook),
+so where the kill lands is structural, not a matter of timing. Resume checks against another model or another
+space are refused before any trial. Only Optuna's public API reads the study.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autosub.data.task import Split, Task
+from autosub.errors import ConfigError
+from autosub.hpo.searching import search
+from autosub.hpo.space import SearchSpace
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET = 4
+
+DRIVER = textwrap.dedent('''
+    import os, signal, sys
+    import torch, timm
+    import autosub.hpo.searching as S
+    from autosub.data.datasets import digits
+    from autosub.data.task import Split, Task
+
+    point, run_dir = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False).eval()
+    t = digits(model=model, image_size=16, samples_per_class=6)
+    task = Task(train=t.train, val=Split(t.val.inputs[:60], t.val.targets[:60], name="val"),
+                num_classes=t.num_classes, test=Split(t.test.inputs[:60], t.test.targets[:60], name="test"))
+
+    def die():
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "cache":  # while the prefix cache is being filled
+        real_caches = S._caches
+        S._caches = lambda plan, setup, boundaries: (real_caches(plan, setup, boundaries), die())[0]
+    elif point == "prior":  # while the profile prior runs
+        real_profile = S.run_profile
+        S.run_profile = lambda *a, **k: (real_profile(*a, **k), die())[0]
+    elif point == "mid-trial":  # after the first epoch of the second trial that trains
+        real_fit, calls = S.fit, []
+        def fit(*a, callback=None, **k):
+            calls.append(1)
+            if len(calls) == 2 and callback is not None:
+                def dying(epoch, score):
+                    callback(epoch, score)
+                    die()
+                return real_fit(*a, callback=dying, **k)
+            return real_fit(*a, callback=callback, **k)
+        S.fit = fit
+    elif point == "end":  # every trial done, before the result is built
+        S._finish = lambda *a, **k: die()
+    callbacks = []
+    if point == "between":  # after the second trial was told to the study, before the third starts
+        seen = []
+        callbacks = [lambda rec, model: (seen.append(rec.number), len(seen) == 2 and die())]
+    S.search(model, task, %(budget)d, epochs=2, seed=0, space=S.SearchSpace(max_blocks=2),
+             run={"run_dir": run_dir, "study_name": "f", "progress": False, "callbacks": callbacks})
+    print("FINISHED")
+''') % {"budget": BUDGET}
+
+
+@pytest.fixture(scope="module")
+def model():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def task(model):
+    from autosub.data.datasets import digits
+
+    t = digits(model=model, image_size=16, samples_per_class=6)
+    return Task(train=t.train, val=Split(t.val.inputs[:60], t.val.targets[:60], name="val"),
+                num_classes=t.num_classes, test=Split(t.test.inputs[:60], t.test.targets[:60], name="test"))
+
+
+def _drive(point: str, run_dir: Path) -> subprocess.CompletedProcess:
+    script = run_dir.parent / f"driver-{point}.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, str(script), point, str(run_dir)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=str(run_dir.parent))
+
+
+def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    if "f" not in optuna.study.get_all_study_names(url):
+        return []
+    return optuna.load_study(study_name="f", storage=url).get_trials(deepcopy=False)
+
+
+def _state(run_dir: Path) -> dict:
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    if "f" not in optuna.study.get_all_study_names(url):
+        return {}
+    return dict(optuna.load_study(study_name="f", storage=url).user_attrs.get("autosub", {}))
+
+
+def _counted(trials) -> list:
+    """The trials the budget counts: finished and run by the search (not the profile's known results, not a lost
+    trial whose retry runs it again, not one settled unrun)."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("known")
+            and not t.user_attrs.get("unrun") and not (t.state.name == "FAIL" and t.number in retried)]
+
+
+@pytest.mark.parametrize("point", ["cache", "prior", "mid-trial", "between", "end"])
+def test_a_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, model, task, tmp_path,
+                                                                               monkeypatch):
+    run_dir = tmp_path / "run"
+    proc = _drive(point, run_dir)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    before = _trials(run_dir)
+    complete_before = {t.number: (t.params, t.values) for t in before if t.state.name == "COMPLETE"}
+    running_before = [t.number for t in before if t.state.name == "RUNNING"]
+    prior_before = _state(run_dir).get("prior")
+    if point == "mid-trial":
+        assert len(running_before) == 1  # the killed trial, left RUNNING by the dead driver
+    profiled = []
+    if point in ("mid-trial", "between", "end"):  # the prior finished before the kill: it must be reused
+        monkeypatch.setattr("autosub.hpo.searching.run_profile", lambda *a, **k: profiled.append(1) or 1 / 0)
+
+    res = search(model, task, BUDGET, epochs=2, seed=0, space=SearchSpace(max_blocks=2), resume=True,
+                 run={"run_dir": run_dir, "study_name": "f", "progress": False})
+
+    after = _trials(run_dir)
+    assert not profiled
+    assert not [t for t in after if t.state.name in ("WAITING", "RUNNING")]  # the study is consistent
+    for number, (params, values) in complete_before.items():  # no completed trial lost or changed
+        assert after[number].state.name == "COMPLETE" and after[number].params == params
+        assert after[number].values == values
+    trained = [t for t in after if t.state.name == "COMPLETE" and not t.user_attrs.get("known")
+               and "duplicate_of" not in t.user_attrs]
+    keys = [tuple(sorted(t.params.items())) for t in trained]
+    assert len(keys) == len(set(keys))  # nothing trained twice to completion
+    assert len(_counted(after)) == BUDGET and res.spent["trials"] == BUDGET  # the original budget, finished
+    for number in running_before:  # the interrupted trial: failed with a reason, retried at once
+        lost = after[number]
+        assert lost.state.name == "FAIL"
+        assert res.records[number].user_attrs["fail_reason"].startswith("lost: its driver")
+        retry = [t for t in after if t.user_attrs.get("retry_of") == number]
+        assert len(retry) == 1 and retry[0].params == lost.params and retry[0].state.name == "COMPLETE"
+        assert retry[0].number == min(t.number for t in after if t.number > number and not t.user_attrs.get("known"))
+    if point in ("mid-trial", "between", "end"):
+        assert res.prior == prior_before  # the prior the dead driver computed, not a new one
+    assert res.test_score is not None and res.score == max(t.values[0] for t in after if t.state.name == "COMPLETE")
+
+
+def test_resume_refuses_another_model_or_another_space_before_any_trial(model, task, tmp_path, monkeypatch):
+    kw = dict(epochs=1, seed=0, prior=None, run={"run_dir": tmp_path, "study_name": "v", "progress": False})
+    search(model, task, 1, space=SearchSpace(max_blocks=2), **kw)
+    import timm
+
+    torch.manual_seed(1)
+    twin = timm.create_model("test_resnet", pretrained=False).eval()  # same blocks, other weights
+    monkeypatch.setattr("autosub.hpo.searching.fit", lambda *a, **k: 1 / 0)  # no trial may start
+    with pytest.raises(ConfigError, match="was run on another model"):
+        search(twin, task, 2, space=SearchSpace(max_blocks=2), resume=True, **kw)
+    with pytest.raises(ConfigError, match=r"another search space \(differs in \['max_blocks'\]"):
+        search(model, task, 2, space=SearchSpace(max_blocks=3), resume=True, **kw)
+    trials = optuna.load_study(study_name="v", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert len(trials) == 1
+
+
+def test_a_finished_search_is_extended_only_by_a_bigger_budget(model, task, tmp_path):
+    kw = dict(epochs=1, seed=0, prior=None, selector="random",
+              run={"run_dir": tmp_path, "study_name": "x", "progress": False})
+    search(model, task, 2, **kw)
+    same = search(model, task, 2, resume=True, **kw)  # the same budget: already spent, nothing more runs
+    assert same.spent["trials"] == 2 and len([r for r in same.records if r.state != "FAIL"]) == 2
+    more = search(model, task, 3, resume=True, **kw)
+    assert more.spent["trials"] == 3 and len([r for r in more.records if r.state == "COMPLETE"]) == 3
+
+
+def test_resume_join_is_validated():
+    with pytest.raises(ConfigError, match="'resume' parameter of search must be False, True or 'join'"):
+        search(None, None, 1, resume="yes")
