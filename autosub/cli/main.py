@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default autosub-runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    from .bench import _add_bench  # `autosub bench` (autosub/cli/bench.py)
+
+    _add_bench(sub)
     return parser
 
 
