@@ -131,7 +131,7 @@ def run_cell(config: BenchConfig, strategy: str, task_name: str, size: int | Non
     key = {"task": task_name, "size": size, "strategy": strategy, "seed": seed}
     base = {"version": CELL_VERSION, "key": key, "fingerprint": fingerprint(config, strategy),
             "budget": config.budget, "epoch_seconds": unit, "n_train": len(task.train), "n_val": len(task.val),
-            "n_test": len(task.test), "family": strat.family}
+            "family": strat.family}
     view = selection_view(task)  # the strategy never sees test
     allowance = Allowance(config.budget, unit)
     ctx = CellContext(model=model, task=view, allowance=allowance, seed=seed, epochs=config.epochs,
@@ -156,6 +156,7 @@ def run_cell(config: BenchConfig, strategy: str, task_name: str, size: int | Non
         status, reason = "over_budget", (f"spent {compute:.2f} full-FT epochs of {config.budget:g} (+{config.tolerance:.0%}"
                                          " tolerance)")
     test = float(evaluate(outcome.model, task.test, device=config.device))  # the one read of test: after selection
+    base["n_test"] = len(task.test)
     params, cost = account(outcome.selection)
     sel = outcome.selection if isinstance(outcome.selection, str) else [int(b) for b in outcome.selection]
     return {**base, "status": status, "reason": reason, "test": test, "val": float(outcome.val_score),

@@ -243,25 +243,34 @@ def _set_linear_head(model: nn.Module, clf: Any, mu: np.ndarray, sd: np.ndarray,
 
 
 class FullFinetune(BaseStrategy):
-    """Every parameter trains; the learning rate is chosen on validation from ``lrs`` while the allowance lasts."""
+    """Every parameter trains; its own search on validation within the allowance: the learning rate from ``lrs`` at
+    the harness's epoch count, then (while affordable) the best learning rate again with twice the epochs."""
 
     family = "full"
 
-    def __init__(self, lrs: Sequence[float] = (1e-4, 3e-4, 1e-3)) -> None:
-        self.lrs = tuple(lrs)
+    def __init__(self, lrs: Sequence[float] = (1e-4, 3e-4, 1e-3), *, longer: bool = True) -> None:
+        self.lrs, self.longer = tuple(lrs), longer
 
     def run(self, ctx: CellContext) -> Outcome:
         best, tried = None, {}
+
+        def one(lr: float, epochs: int) -> None:
+            nonlocal best
+            res = fit(ctx.model, ctx.task, "all", epochs=epochs, lr=lr, batch_size=ctx.batch_size, seed=ctx.seed,
+                      device=ctx.device, cache=False, keep_model=True)
+            tried[f"lr={lr:g},epochs={epochs}"] = float(res.score)
+            if best is None or res.score > best.score:  # ties keep the earlier (shorter) run
+                best = res
+
         for lr in self.lrs:
             if best is not None and not ctx.allowance.affords(ctx.epochs * 1.05):
                 break  # the next fit would not fit in the allowance
-            res = fit(ctx.model, ctx.task, "all", epochs=ctx.epochs, lr=lr, batch_size=ctx.batch_size,
-                      seed=ctx.seed, device=ctx.device, cache=False, keep_model=True)
-            tried[str(lr)] = float(res.score)
-            if best is None or res.score > best.score:
-                best = res
+            one(lr, ctx.epochs)
         assert best is not None
-        return Outcome("all", float(best.score), best.model, {"lr": best.hparams["lr"]}, {"val_by_lr": tried})
+        if self.longer and ctx.allowance.affords(2 * ctx.epochs * 1.05):
+            one(best.hparams["lr"], 2 * ctx.epochs)
+        return Outcome("all", float(best.score), best.model, {"lr": best.hparams["lr"], "epochs": best.epochs},
+                       {"val_by_run": tried})
 
 
 # --------------------------------------------------------------------------------------------- via search()
@@ -341,7 +350,8 @@ class WithEndpoints(SearchStrategy):
 
     def run(self, ctx: CellContext) -> Outcome:
         probe = LinearProbe().run(ctx)
-        full = FullFinetune(self.endpoint_lrs).run(ctx) if ctx.allowance.affords(2 * ctx.epochs) else None
+        full = (FullFinetune(self.endpoint_lrs, longer=False).run(ctx) if ctx.allowance.affords(2 * ctx.epochs)
+                else None)
         res = self.search(ctx)
         sub = _from_search(res)
         sub_val = float(evaluate(res.model, ctx.task.val, device=ctx.device)) if self.cv_folds else sub.val_score
