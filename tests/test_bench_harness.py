@@ -158,3 +158,13 @@ def _predictor_missing() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("autosub.selection.predictor") is None
+
+
+def test_autosub_bench_lists_tasks_and_strategies_and_a_time_cap_stops_before_new_work(tmp_path, capsys):
+    from autosub.cli.main import main
+
+    assert main(["bench", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "task     lite0-mnist" in listed and "strategy autosub " in listed and "strategy linear-probe" in listed
+    summary = run_benchmark(get_config("micro"), tmp_path, max_seconds=0.0)
+    assert summary["meta"]["stopped_early"] is True and summary["meta"]["cells_run"] == 0

@@ -177,8 +177,12 @@ def _configure(strat: Any, config: BenchConfig) -> None:
 
 
 def run_benchmark(config: BenchConfig, out: str | Path, *, command: str | None = None,
-                  echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every missing cell of ``config`` into ``out`` (resuming), then write the report; returns the summary."""
+                  echo: Callable[[str], None] | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """Run every missing cell of ``config`` into ``out`` (resuming), then write the report; returns the summary.
+
+    ``max_seconds``: start no new (task, size, seed) group after this long; the report then covers what finished
+    (``meta.stopped_early``) and a rerun continues where this one stopped.
+    """
     from .report import write_report
 
     out = Path(out)
@@ -195,7 +199,10 @@ def run_benchmark(config: BenchConfig, out: str | Path, *, command: str | None =
             unavailable[name] = why
     strategies = [s for s in config.strategies if s not in unavailable]
     ran = skipped = 0
+    stopped = False
     for task_name in config.tasks:
+        if stopped:
+            break
         bt = get_task(task_name)
         why = bt.availability()
         if why:
@@ -210,6 +217,10 @@ def run_benchmark(config: BenchConfig, out: str | Path, *, command: str | None =
                 skipped += len(strategies) - len(todo)
                 if not todo:
                     continue
+                if max_seconds is not None and time.time() - started > max_seconds:
+                    stopped = True
+                    say(f"stopping: {max_seconds:g} s reached; rerun to continue")
+                    break
                 try:
                     model, task = bt.load(size=size, seed=seed, model=model,
                                           options={"image_size": config.image_size, "max_length": config.max_length,
@@ -228,11 +239,11 @@ def run_benchmark(config: BenchConfig, out: str | Path, *, command: str | None =
                     write_json(cell, cell_path(out, task_name, size, s, seed))
                     ran += 1
                     say(_line(cell))
-            if task_name in unavailable:
+            if task_name in unavailable or stopped:
                 break
     meta = {"config": config.to_dict(), "command": command, "machine": machine_info(), "loadavg_start": list(load0),
             "loadavg_end": list(os.getloadavg()), "wall_s": round(time.time() - started, 1), "cells_run": ran,
-            "cells_reused": skipped, "unavailable": unavailable, "autosub_version": __version__}
+            "cells_reused": skipped, "stopped_early": stopped, "unavailable": unavailable, "autosub_version": __version__}
     return write_report(out, config, load_cells(out, config), meta)
 
 

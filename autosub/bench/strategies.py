@@ -195,6 +195,9 @@ class LinearProbe(BaseStrategy):
     def __init__(self, Cs: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)) -> None:
         self.Cs = tuple(Cs)
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "Cs": list(self.Cs)}
+
     def run(self, ctx: CellContext) -> Outcome:
         from sklearn.linear_model import LogisticRegression
 
@@ -250,6 +253,9 @@ class FullFinetune(BaseStrategy):
 
     def __init__(self, lrs: Sequence[float] = (1e-4, 3e-4, 1e-3), *, longer: bool = True) -> None:
         self.lrs, self.longer = tuple(lrs), longer
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "lrs": list(self.lrs), "longer": self.longer}
 
     def run(self, ctx: CellContext) -> Outcome:
         best, tried = None, {}
@@ -347,6 +353,9 @@ class WithEndpoints(SearchStrategy):
     def __init__(self, *, cv_folds: int | None = None, endpoint_lrs: Sequence[float] = (3e-4,)) -> None:
         super().__init__("tpe", prior="profile", pruner="auto", cv_folds=cv_folds)
         self.endpoint_lrs = tuple(endpoint_lrs)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "endpoint_lrs": list(self.endpoint_lrs), "endpoints": ["probe", "full"]}
 
     def run(self, ctx: CellContext) -> Outcome:
         probe = LinearProbe().run(ctx)

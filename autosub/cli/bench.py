@@ -33,6 +33,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--out", type=Path, default=None, help=f"results folder (default {DEFAULT_ROOT}/<config>)")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no new cell group after this long "
+                                                                   "(a rerun continues)")
     p.add_argument("--list", action="store_true", help="list the registered tasks and strategies and exit")
     return p
 
@@ -65,7 +67,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
     config = config_from_args(args)
     out = args.out or DEFAULT_ROOT / config.name
     command = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv))
-    summary = run_benchmark(config, out, command=command, echo=lambda s: print(s, flush=True))
+    summary = run_benchmark(config, out, command=command, echo=lambda s: print(s, flush=True),
+                            max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     print((Path(out) / "report.md").read_text())
     print(f"wrote {out}/summary.json, report.md, {', '.join(summary['plots'])} and cells/")
     return 0
