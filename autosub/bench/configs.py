@@ -1,11 +1,12 @@
 """Named benchmark configurations: what to run (tasks × sizes × seeds × strategies) and how (budget, epochs, …).
 
 ``micro`` is the tests' (a timm test model on digits at 16 px), ``quick`` shows every output in ≤ 5 minutes on an
-idle 2-core CPU, ``cpu`` is the ≤ 60-minute CPU suite, ``search`` is the former ``benchmarks/bench_search.py`` (four
+idle 2-core CPU (estimated; see the README),  ``cpu`` is the ≤ 60-minute CPU suite, ``search`` is the former ``benchmarks/bench_search.py`` (four
 search strategies on one task at equal compute), ``gpu`` the one-GPU suite at 224 px (``benchmarks/gpu_suite.py``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -30,6 +31,9 @@ class BenchConfig:
         tolerance: a cell whose measured compute exceeds ``budget × (1 + tolerance)`` is flagged over budget and
             left out of the tables (the trial in flight when a search's budget runs out always finishes).
         epochs: epochs per fit (trials, full finetuning).
+        min_steps: at least this many optimizer steps per fit: on tiny training sets the epochs per fit grow to
+            ``ceil(min_steps × batch_size / n_train)`` and the budget grows by the same factor (it stays the same
+            number of full-FT *fits*). 0: off.
         image_size / max_length: input resolution for image tasks / sequence length for text tasks.
         val_size: validation cap: an int, ``"quarter"`` (a quarter of the training size, 2–250 per… see
             :func:`autosub.bench.tasks.cap_val`) or None.
@@ -47,6 +51,7 @@ class BenchConfig:
     trials: int | None = None
     tolerance: float = 0.5
     epochs: int = 3
+    min_steps: int = 0
     image_size: int = 32
     max_length: int = 32
     val_size: Any = "quarter"
@@ -68,6 +73,16 @@ class BenchConfig:
         if self.tolerance < 0:
             raise ConfigError(f"The 'tolerance' parameter of BenchConfig must be >= 0; got {self.tolerance!r}.")
 
+    def fit_epochs(self, n_train: int) -> int:
+        """Epochs per fit on ``n_train`` examples (``epochs``, raised to reach ``min_steps`` steps)."""
+        if not self.min_steps:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_steps * self.batch_size / max(1, n_train)))
+
+    def budget_for(self, n_train: int) -> float:
+        """The compute allowance on ``n_train`` examples (``budget``, scaled like the epochs per fit)."""
+        return self.budget * self.fit_epochs(n_train) / self.epochs
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(tasks=list(self.tasks), strategies=list(self.strategies), sizes=list(self.sizes),
@@ -79,6 +94,10 @@ class BenchConfig:
         return replace(self, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in kw.items() if v is not None})
 
 
+# Budgets: autosub's default profiles every block for one epoch as its prior (EfficientNet-Lite0: 16 blocks ≈ 9.2
+# full-FT epochs at 32 px) and search() runs that profile only when it costs ≤ half of the search's budget, so a
+# budget under ~22 (after the endpoints) silently turns the default into TPE without a prior: every configuration
+# that runs the default on Lite0 gives at least 24.
 ALL_STRATEGIES = ("linear-probe", "full-ft", "greedy", "profile-top1", "profile-topk", "random", "tpe", "tpe-prior",
                   "autosub", "autosub-cv", "predictor", "tpe-predictor", "auto-rgn", "cka", "logme")
 REAL_TASKS = ("lite0-mnist", "lite0-digits", "lite0-animals", "lite1-mnist", "lite1-digits", "lite1-animals",
@@ -90,18 +109,16 @@ CONFIGS: dict[str, BenchConfig] = {
                          full_lrs=(1e-3,)),
     "quick": BenchConfig("quick", tasks=("lite0-digits", "lite0-mnist"),
                          strategies=("linear-probe", "full-ft", "tpe", "autosub"), sizes=(100,), seeds=(0, 1),
-                         budget=8.0, epochs=2, image_size=32, max_blocks=2, full_lrs=(3e-4, 1e-3)),
-    "cpu": BenchConfig("cpu", tasks=("lite0-digits", "lite0-mnist", "minilm-finefood", "lite0-animals",
-                                     "mbv2-digits", "minilm-rotten"),
-                       strategies=("linear-probe", "full-ft", "greedy", "profile-topk", "random", "tpe",
-                                   "autosub", "autosub-cv", "predictor", "auto-rgn"),
-                       sizes=(50, 400), seeds=(0, 1, 2), budget=10.0, epochs=2, image_size=32, max_length=32,
+                         budget=24.0, epochs=2, image_size=32, max_blocks=2, full_lrs=(3e-4, 1e-3)),
+    "cpu": BenchConfig("cpu", tasks=("lite0-digits", "lite0-mnist", "minilm-finefood"),
+                       strategies=("linear-probe", "full-ft", "greedy", "tpe", "autosub", "autosub-cv", "predictor"),
+                       sizes=(50, 200), seeds=(0, 1, 2), budget=24.0, epochs=2, image_size=32, max_length=32,
                        max_blocks=3, full_lrs=(3e-4, 1e-3)),
     "search": BenchConfig("search", tasks=("lite0-mnist",), strategies=("greedy", "random", "tpe", "tpe-prior"),
-                          sizes=(200,), seeds=(0, 1, 2), budget=15.0, epochs=2, image_size=32, max_blocks=3),
+                          sizes=(200,), seeds=(0, 1, 2), budget=24.0, epochs=2, image_size=32, max_blocks=3),
     "gpu": BenchConfig("gpu", tasks=REAL_TASKS, strategies=ALL_STRATEGIES, sizes=(50, 200, 1000, None),
-                       seeds=(0, 1, 2), budget=12.0, epochs=3, image_size=224, max_length=64, max_blocks=3,
-                       batch_size=64, device="cuda"),
+                       seeds=(0, 1, 2), budget=24.0, epochs=3, min_steps=16, image_size=224, max_length=64,
+                       max_blocks=3, batch_size=64, device="cuda"),
 }
 
 

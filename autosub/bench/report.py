@@ -259,7 +259,9 @@ def markdown(summary: dict[str, Any], config: BenchConfig) -> str:
              f"Load average at start / end: {summary['loadavg_start']} / {summary['loadavg_end']}; wall "
              f"{summary['wall_s']} s  ",
              f"Budget: {config.budget:g} full-finetune-epoch equivalents per strategy and cell (over "
-             f"{config.budget * (1 + config.tolerance):g} is flagged); {config.epochs} epochs per fit; "
+             f"+{100 * config.tolerance:.0f}% is flagged); {config.epochs} epochs per fit"
+             + (f" (raised to reach {config.min_steps} steps per fit on small sets, the budget scaled alike)"
+                if config.min_steps else "") + "; "
              f"{config.image_size} px / seq {config.max_length}; seeds {summary['seeds']}.", "",
              "## Test accuracy (%, mean ± 95% CI over seeds) and mean rank", "",
              "| strategy | " + " | ".join(cols) + " | mean rank |", "|---" * (len(cols) + 2) + "|"]
@@ -367,7 +369,8 @@ def plot_all(cells: list[dict], config: BenchConfig, out: Path) -> list[Path]:
             if cs:
                 ax.scatter([c["compute"] for c in cs], [c["test"] for c in cs], color=colors[s], label=s, s=18,
                            alpha=0.8)
-        ax.axvline(config.budget, color="gray", ls="--", lw=1)
+        for b in sorted({c["budget"] for c in valid if c["key"]["task"] == task}):
+            ax.axvline(b, color="gray", ls="--", lw=1)  # the allowance (one per size when min_steps scales it)
         ax.set_title(task)
         ax.set_xlabel("compute (full-FT epoch equivalents)")
         ax.set_ylabel("test accuracy")

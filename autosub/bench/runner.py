@@ -128,13 +128,14 @@ def run_cell(config: BenchConfig, strategy: str, task_name: str, size: int | Non
              task: Any, unit: float, account: Callable[[Any], tuple[int, float | None]]) -> dict[str, Any]:
     """Run one strategy on one task (test split withheld), then score its model on test; the cell's record."""
     strat = get_strategy(strategy)
+    budget, epochs = config.budget_for(len(task.train)), config.fit_epochs(len(task.train))
     key = {"task": task_name, "size": size, "strategy": strategy, "seed": seed}
     base = {"version": CELL_VERSION, "key": key, "fingerprint": fingerprint(config, strategy),
-            "budget": config.budget, "epoch_seconds": unit, "n_train": len(task.train), "n_val": len(task.val),
+            "budget": budget, "epochs": epochs, "epoch_seconds": unit, "n_train": len(task.train), "n_val": len(task.val),
             "family": strat.family}
     view = selection_view(task)  # the strategy never sees test
-    allowance = Allowance(config.budget, unit)
-    ctx = CellContext(model=model, task=view, allowance=allowance, seed=seed, epochs=config.epochs,
+    allowance = Allowance(budget, unit)
+    ctx = CellContext(model=model, task=view, allowance=allowance, seed=seed, epochs=epochs,
                       batch_size=config.batch_size, device=config.device, max_blocks=config.max_blocks,
                       options=dict(config.options))
     if config.trials is not None:
@@ -152,9 +153,8 @@ def run_cell(config: BenchConfig, strategy: str, task_name: str, size: int | Non
                 "wall_s": round(time.perf_counter() - t0, 3)}
     wall = time.perf_counter() - t0
     compute = wall / unit
-    if compute > config.budget * (1 + config.tolerance):
-        status, reason = "over_budget", (f"spent {compute:.2f} full-FT epochs of {config.budget:g} (+{config.tolerance:.0%}"
-                                         " tolerance)")
+    if compute > budget * (1 + config.tolerance):
+        status, reason = "over_budget", f"spent {compute:.2f} full-FT epochs of {budget:g} (+{config.tolerance:.0%} tolerance)"
     test = float(evaluate(outcome.model, task.test, device=config.device))  # the one read of test: after selection
     base["n_test"] = len(task.test)
     params, cost = account(outcome.selection)

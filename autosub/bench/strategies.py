@@ -361,15 +361,23 @@ class WithEndpoints(SearchStrategy):
         probe = LinearProbe().run(ctx)
         full = (FullFinetune(self.endpoint_lrs, longer=False).run(ctx) if ctx.allowance.affords(2 * ctx.epochs)
                 else None)
-        res = self.search(ctx)
-        sub = _from_search(res)
-        sub_val = float(evaluate(res.model, ctx.task.val, device=ctx.device)) if self.cv_folds else sub.val_score
-        options = [("probe", probe.val_score, probe), ("subset", sub_val, sub)]
+        options = [("probe", probe.val_score, probe)]
         if full is not None:
             options.append(("full", full.val_score, full))
+        try:
+            res = self.search(ctx)
+        except AutoSubError as exc:  # e.g. nothing left for one trial: the endpoints still stand
+            log.warning("autosub strategy: the search failed (%s); choosing between the endpoints", exc)
+            name, val, chosen = max(options, key=lambda o: (o[1], -{"probe": 0, "full": 2}[o[0]]))
+            return Outcome(chosen.selection, val, chosen.model, chosen.hparams,
+                           {"chosen": name, "search_failed": str(exc)})
+        sub = _from_search(res)
+        sub_val = float(evaluate(res.model, ctx.task.val, device=ctx.device)) if self.cv_folds else sub.val_score
+        options.append(("subset", sub_val, sub))
         rank = {"probe": 0, "subset": 1, "full": 2}
         name, val, chosen = max(options, key=lambda o: (o[1], -rank[o[0]]))
         extra = {**sub.extra, "endpoints": {"probe": probe.val_score, "full": full.val_score if full else None,
+                                            "full_lr": full.hparams.get("lr") if full else None,
                                             "subset": sub_val, "subset_selection": list(sub.selection),
                                             "subset_search_score": sub.val_score},
                  "chosen": name}
