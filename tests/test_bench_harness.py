@@ -168,3 +168,28 @@ def test_autosub_bench_lists_tasks_and_strategies_and_a_time_cap_stops_before_ne
     assert "task     lite0-mnist" in listed and "strategy autosub " in listed and "strategy linear-probe" in listed
     summary = run_benchmark(get_config("micro"), tmp_path, max_seconds=0.0)
     assert summary["meta"]["stopped_early"] is True and summary["meta"]["cells_run"] == 0
+
+
+def test_the_default_never_returns_worse_on_validation_than_the_endpoints_it_computes():
+    from types import SimpleNamespace
+
+    from autosub.bench.strategies import WithEndpoints
+
+    bt = get_task("test-digits")
+    model, task = bt.load(size=60, seed=0, options={"image_size": 16, "val_size": "quarter"})
+    from autosub.training.setup import selection_view
+
+    view = selection_view(task)
+    weak = prepare(model, view, seed=0, device="cpu").work  # an untrained head: a poor subset
+
+    class Fixed(WithEndpoints):
+        def search(self, ctx, *, reserve=0.0):
+            return SimpleNamespace(selection=(0,), score=0.0, model=weak, hparams={"lr": 1e-3}, prior=None,
+                                   spent={"trials": 1, "stop_reason": "trials (1/1)", "compute": 0.1},
+                                   config={"uncertainty": None, "block_names": ["layer1"]})
+
+    ctx = CellContext(model=model, task=view, allowance=Allowance(1e6, 1.0), seed=0, epochs=1, device="cpu")
+    out = Fixed(endpoint_lrs=(1e-3,)).run(ctx)
+    ends = out.extra["endpoints"]
+    assert out.extra["chosen"] in ("probe", "full") and out.val_score == max(ends["probe"], ends["full"])
+    assert out.val_score >= ends["subset"]

@@ -106,7 +106,7 @@ REAL_TASKS = ("lite0-mnist", "lite0-digits", "lite0-animals", "lite1-mnist", "li
 CONFIGS: dict[str, BenchConfig] = {
     "micro": BenchConfig("micro", tasks=("test-digits",), strategies=("linear-probe", "random"), sizes=(60,),
                          seeds=(0,), budget=40.0, trials=3, tolerance=3.0, epochs=1, image_size=16, max_blocks=1,
-                         full_lrs=(1e-3,)),
+                         full_lrs=(1e-3,), threads=1),
     "quick": BenchConfig("quick", tasks=("lite0-digits", "lite0-mnist"),
                          strategies=("linear-probe", "full-ft", "tpe", "autosub"), sizes=(100,), seeds=(0, 1),
                          budget=24.0, epochs=2, image_size=32, max_blocks=2, full_lrs=(3e-4, 1e-3)),

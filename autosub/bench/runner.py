@@ -183,12 +183,21 @@ def run_benchmark(config: BenchConfig, out: str | Path, *, command: str | None =
     ``max_seconds``: start no new (task, size, seed) group after this long; the report then covers what finished
     (``meta.stopped_early``) and a rerun continues where this one stopped.
     """
-    from .report import write_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if config.threads:
+    if config.threads:  # torch's threads and the BLAS / OpenMP pools scikit-learn and numpy use, alike
         torch.set_num_threads(config.threads)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=config.threads):
+            return _run(config, out, command=command, echo=echo, max_seconds=max_seconds)
+    return _run(config, out, command=command, echo=echo, max_seconds=max_seconds)
+
+
+def _run(config: BenchConfig, out: Path, *, command: str | None, echo: Callable[[str], None] | None,
+         max_seconds: float | None) -> dict[str, Any]:
+    from .report import write_report
+
     say = echo or (lambda s: log.info("%s", s))
     _warm_imports()
     started, load0 = time.time(), os.getloadavg()
