@@ -369,7 +369,7 @@ def plot_all(cells: list[dict], config: BenchConfig, out: Path) -> list[Path]:
             if cs:
                 ax.scatter([c["compute"] for c in cs], [c["test"] for c in cs], color=colors[s], label=s, s=18,
                            alpha=0.8)
-        for b in sorted({c["budget"] for c in valid if c["key"]["task"] == task}):
+        for b in sorted({c.get("budget", config.budget) for c in valid if c["key"]["task"] == task}):
             ax.axvline(b, color="gray", ls="--", lw=1)  # the allowance (one per size when min_steps scales it)
         ax.set_title(task)
         ax.set_xlabel("compute (full-FT epoch equivalents)")

@@ -344,8 +344,8 @@ def _prior_scores(prior: dict) -> list[float] | None:
 class WithEndpoints(SearchStrategy):
     """autosub's default: the profile-prior TPE search with pruning, *beside* the linear probe and full finetuning.
 
-    The endpoints run first (the probe's convex ``C`` search; full finetuning at ``endpoint_lrs``), inside the same
-    allowance; the search gets what is left. The best of the three on validation is returned (ties: fewer trainable
+    Full finetuning at ``endpoint_lrs`` runs first, then the search with what is left less a reserve for the probe's
+    convex ``C`` search, which runs last. The best of the three on validation is returned (ties: fewer trainable
     parameters — the probe, then the subset, then full finetuning). Under cross-validation the search's best
     trial is re-scored on the validation split so the three are compared on the same examples.
     """
@@ -355,22 +355,27 @@ class WithEndpoints(SearchStrategy):
         self.endpoint_lrs = tuple(endpoint_lrs)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "endpoint_lrs": list(self.endpoint_lrs), "endpoints": ["probe", "full"]}
+        return {**super().describe(), "endpoint_lrs": list(self.endpoint_lrs), "endpoints": ["probe", "full"],
+                "order": "full, search, probe"}
 
     def run(self, ctx: CellContext) -> Outcome:
-        probe = LinearProbe().run(ctx)
-        full = (FullFinetune(self.endpoint_lrs, longer=False).run(ctx) if ctx.allowance.affords(2 * ctx.epochs)
+        # Full finetuning first (its cost is predictable: about ``epochs`` units), then the search with a reserve
+        # for the probe (so timing noise in the probe cannot take the search's profile prior away), then the probe.
+        full = (FullFinetune(self.endpoint_lrs, longer=False).run(ctx) if ctx.allowance.affords(3 * ctx.epochs)
                 else None)
+        try:
+            res, failed = self.search(ctx, reserve=PROBE_RESERVE), None
+        except AutoSubError as exc:  # e.g. nothing left for one trial: the endpoints still stand
+            log.warning("autosub strategy: the search failed (%s); choosing between the endpoints", exc)
+            res, failed = None, str(exc)
+        probe = LinearProbe().run(ctx)
         options = [("probe", probe.val_score, probe)]
         if full is not None:
             options.append(("full", full.val_score, full))
-        try:
-            res = self.search(ctx)
-        except AutoSubError as exc:  # e.g. nothing left for one trial: the endpoints still stand
-            log.warning("autosub strategy: the search failed (%s); choosing between the endpoints", exc)
+        if res is None:
             name, val, chosen = max(options, key=lambda o: (o[1], -{"probe": 0, "full": 2}[o[0]]))
             return Outcome(chosen.selection, val, chosen.model, chosen.hparams,
-                           {"chosen": name, "search_failed": str(exc)})
+                           {"chosen": name, "search_failed": failed})
         sub = _from_search(res)
         sub_val = float(evaluate(res.model, ctx.task.val, device=ctx.device)) if self.cv_folds else sub.val_score
         options.append(("subset", sub_val, sub))
@@ -412,6 +417,7 @@ def _stat_scores(stat: str) -> Callable[[CellContext], dict[int, float]]:
     return score
 
 
+PROBE_RESERVE = 1.0  # full-FT epochs set aside for the convex probe (features of train + val, a few solves)
 _PRED = ("autosub.selection.predictor",)
 _STATS = ("autosub.selection.stats",)
 
