@@ -361,8 +361,8 @@ class WithEndpoints(SearchStrategy):
     def run(self, ctx: CellContext) -> Outcome:
         # Full finetuning first (its cost is predictable: about ``epochs`` units), then the search with a reserve
         # for the probe (so timing noise in the probe cannot take the search's profile prior away), then the probe.
-        full = (FullFinetune(self.endpoint_lrs, longer=False).run(ctx) if ctx.allowance.affords(3 * ctx.epochs)
-                else None)
+        lrs = tuple(ctx.options.get("endpoint_lrs", self.endpoint_lrs))  # a configuration may set its own
+        full = FullFinetune(lrs, longer=False).run(ctx) if ctx.allowance.affords(3 * ctx.epochs) else None
         try:
             res, failed = self.search(ctx, reserve=PROBE_RESERVE), None
         except AutoSubError as exc:  # e.g. nothing left for one trial: the endpoints still stand
