@@ -196,7 +196,7 @@ class LinearProbe(BaseStrategy):
         self.Cs = tuple(Cs)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "Cs": list(self.Cs)}
+        return {**super().describe(), "Cs": list(self.Cs), "stops_when_spent": True}
 
     def run(self, ctx: CellContext) -> Outcome:
         from sklearn.linear_model import LogisticRegression
@@ -211,8 +211,8 @@ class LinearProbe(BaseStrategy):
         best: tuple[float, float, Any] | None = None
         tried = {}
         for c in self.Cs:  # ascending C: ties keep the more regularized model
-            if best is not None:
-                ctx.allowance.check("linear probe")
+            if best is not None and ctx.allowance.left <= 0:
+                break  # out of allowance: keep the best C so far (one solve always runs)
             clf = LogisticRegression(C=c, max_iter=2000, random_state=ctx.seed).fit(ztr, ytr)
             score = float((clf.predict(zva) == yva).mean())
             tried[str(c)] = score
@@ -356,7 +356,7 @@ class WithEndpoints(SearchStrategy):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "endpoint_lrs": list(self.endpoint_lrs), "endpoints": ["probe", "full"],
-                "order": "full, search, probe"}
+                "order": "full, search, probe", "probe": LinearProbe().describe()}
 
     def run(self, ctx: CellContext) -> Outcome:
         # Full finetuning first (its cost is predictable: about ``epochs`` units), then the search with a reserve
