@@ -336,7 +336,7 @@ def plot_all(cells: list[dict], config: BenchConfig, out: Path) -> list[Path]:
     paths = []
 
     def grid(title: str) -> tuple[Any, list[Any]]:
-        fig = Figure(figsize=(4.2 * len(tasks), 3.8), layout="constrained")
+        fig = Figure(figsize=(max(8.0, 4.2 * len(tasks)), 3.8), layout="constrained")
         axes = fig.subplots(1, len(tasks), squeeze=False)[0]
         fig.suptitle(title)
         return fig, list(axes)
@@ -378,8 +378,7 @@ def plot_all(cells: list[dict], config: BenchConfig, out: Path) -> list[Path]:
     axes[-1].legend(fontsize=7)
     paths.append(_save(fig, out / "acc_vs_compute.png"))
 
-    fig, axes = grid("per-task profiles: mean one-epoch profile score per block (bars) and how often a block was "
-                     "selected (dots)")
+    fig, axes = grid("per-task profiles: profile score per block (bars), share of runs selecting it (dots)")
     for ax, task in zip(axes, tasks):
         mine = [c for c in valid if c["key"]["task"] == task]
         prof = _profile_means(mine)
