@@ -344,8 +344,8 @@ def _prior_scores(prior: dict) -> list[float] | None:
 class WithEndpoints(SearchStrategy):
     """autosub's default: the profile-prior TPE search with pruning, *beside* the linear probe and full finetuning.
 
-    Full finetuning at ``endpoint_lrs`` runs first, then the search with what is left less a reserve for the probe's
-    convex ``C`` search, which runs last. The best of the three on validation is returned (ties: fewer trainable
+    Full finetuning at ``endpoint_lrs`` runs first, then the probe's convex ``C`` search, then the search with what
+    is left. The best of the three on validation is returned (ties: fewer trainable
     parameters — the probe, then the subset, then full finetuning). Under cross-validation the search's best
     trial is re-scored on the validation split so the three are compared on the same examples.
     """
@@ -356,19 +356,19 @@ class WithEndpoints(SearchStrategy):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "endpoint_lrs": list(self.endpoint_lrs), "endpoints": ["probe", "full"],
-                "order": "full, search, probe", "probe": LinearProbe().describe()}
+                "order": "full, probe, search", "probe": LinearProbe().describe()}
 
     def run(self, ctx: CellContext) -> Outcome:
-        # Full finetuning first (its cost is predictable: about ``epochs`` units), then the search with a reserve
-        # for the probe (so timing noise in the probe cannot take the search's profile prior away), then the probe.
+        # The endpoints first — full finetuning (its cost is predictable: about ``epochs`` units), then the convex
+        # probe over its whole C grid — and the search gets the rest (it is the part that uses any budget well).
         lrs = tuple(ctx.options.get("endpoint_lrs", self.endpoint_lrs))  # a configuration may set its own
         full = FullFinetune(lrs, longer=False).run(ctx) if ctx.allowance.affords(3 * ctx.epochs) else None
+        probe = LinearProbe().run(ctx)
         try:
-            res, failed = self.search(ctx, reserve=PROBE_RESERVE), None
+            res, failed = self.search(ctx), None
         except AutoSubError as exc:  # e.g. nothing left for one trial: the endpoints still stand
             log.warning("autosub strategy: the search failed (%s); choosing between the endpoints", exc)
             res, failed = None, str(exc)
-        probe = LinearProbe().run(ctx)
         options = [("probe", probe.val_score, probe)]
         if full is not None:
             options.append(("full", full.val_score, full))
@@ -417,7 +417,6 @@ def _stat_scores(stat: str) -> Callable[[CellContext], dict[int, float]]:
     return score
 
 
-PROBE_RESERVE = 1.0  # full-FT epochs set aside for the convex probe (features of train + val, a few solves)
 _PRED = ("autosub.selection.predictor",)
 _STATS = ("autosub.selection.stats",)
 
