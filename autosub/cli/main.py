@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .bench import add_bench_parser
 from .deploy import add_parsers as add_deploy_parsers
 
 __all__ = ["build_parser", "main"]
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     add_deploy_parsers(sub)  # export, serve-check
+    add_bench_parser(sub)  # bench
     return parser
 
 
