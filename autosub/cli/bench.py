@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["add_bench_arguments", "config_from_args", "main", "run_bench"]
+__all__ = ["add_bench_arguments", "add_bench_parser", "config_from_args", "main", "run_bench"]
 
 DEFAULT_ROOT = Path("benchmarks") / "results" / "bench"
 
