@@ -108,17 +108,17 @@ def paced_fit(*args, **kwargs):
 def run(model, task, trials: int, backend: str | RayBackend, *, paced: bool = False) -> dict:
     """One search; its wall time and its trial window (first trial asked → last trial finished)."""
     global _REAL_FIT
-    import autosub.training.trainer
+    import autosub.hpo.searching
 
-    _REAL_FIT = autosub.training.trainer.fit
+    _REAL_FIT = autosub.hpo.searching.fit
     if paced:
-        autosub.training.trainer.fit = paced_fit
+        autosub.hpo.searching.fit = paced_fit
     t0 = time.perf_counter()
     try:
         res = search(model, task, Budget(trials=trials), backend=backend, prior=None, pruner=None, epochs=2, seed=0,
                      progress=False, space=SearchSpace(max_blocks=3), run_dir=tempfile.mkdtemp(prefix="asb-run"))
     finally:
-        autosub.training.trainer.fit = _REAL_FIT
+        autosub.hpo.searching.fit = _REAL_FIT
     wall = time.perf_counter() - t0
     ts = [t for t in res.study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     end = max(t.datetime_complete.timestamp() for t in ts)

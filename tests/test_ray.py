@@ -166,13 +166,13 @@ DRIVER = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
     import timm, torch
-    import autosub.training.trainer
+    import autosub.hpo.searching
     from conftest import make_image_task
     from autosub.hpo.backends import RayBackend
     from autosub.hpo.searching import search
     from autosub.hpo.space import SearchSpace
 
-    real = autosub.training.trainer.fit
+    real = autosub.hpo.searching.fit  # the trainer search() hands its trials (and Ray pickles with them)
     def paced(*args, **kwargs):  # slow trials down so the kill lands mid-search; one worker dies mid-trial
         time.sleep(1.5)
         save = kwargs.get("checkpoint")
@@ -188,7 +188,7 @@ DRIVER = textwrap.dedent("""
                     os._exit(1)
             save(state)
         return real(*args, **{{**kwargs, "checkpoint": die_once_in_epoch_2}})
-    autosub.training.trainer.fit = paced
+    autosub.hpo.searching.fit = paced
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False).eval()
     res = search(model, make_image_task(n=64, px=16), 8, backend=RayBackend(address="auto", max_failures=1),

@@ -327,8 +327,10 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
                           directions=tuple(plan.directions), n_trials=plan.budget.trials,
                           fit_defaults={"batch_size": tr.batch_size, "cv_folds": tr.cv_folds})
 
+    trainer = fit  # bound now: the closure Ray ships to its workers carries this very function
+
     def train(data: Task, cache: Any, cand: Candidate, **hooks: Any) -> Any:
-        return fit(setup.model, data, cand.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
+        return trainer(setup.model, data, cand.selection, blocks=setup.partition, epochs=plan.epochs, lr=cand.lr,
                    weight_decay=cand.weight_decay, lr_multipliers=cand.lr_multipliers or None,
                    batch_size=tr.batch_size, seed=plan.seed, device=setup.device, amp=tr.amp,
                    cache=cache if cache is not None else False, keep_model=True, **hooks)

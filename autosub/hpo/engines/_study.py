@@ -127,11 +127,8 @@ def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grac
         raise ConfigError(f"The 'storage' parameter of search must be an Optuna URL such as 'sqlite:///study.db' "
                           f"or a journal file ending in {JOURNAL_SUFFIXES}; got {text!r} instead.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(text, heartbeat_interval=heartbeat_interval,
-                                 grace_period=grace_period or 2 * heartbeat_interval,
-                                 heartbeat_stale_trial_callback=_Retry(max_retry=max_retry))
+        storage = _rdb_storage(text, heartbeat_interval=heartbeat_interval,
+                               grace_period=grace_period or 2 * heartbeat_interval, max_retry=max_retry)
     except ImportError as exc:
         raise ConfigError(f"The storage URL {shown!r} needs a database driver that is not installed "
                           f"({mask_url(str(exc))}).") from None
@@ -140,6 +137,26 @@ def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grac
                             " Check the URL (sqlite needs an existing, writable directory) or pass "
                             "storage=None.") from None
     return storage, shown
+
+
+SCHEMA_ATTEMPTS = 5  # workers that open a fresh database together race to create Optuna's tables
+
+
+def _rdb_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_retry: int) -> RDBStorage:
+    """``RDBStorage(url)``; when several workers create the schema of a fresh database at once, the losers get an
+    integrity error (a type or table already exists) — they retry, and then find the schema in place."""
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                  heartbeat_stale_trial_callback=_Retry(max_retry=max_retry))
+        except Exception as exc:
+            if type(exc).__name__ not in ("IntegrityError", "ProgrammingError") or attempt == SCHEMA_ATTEMPTS:
+                raise
+            log.info("storage schema race (%s); retrying", type(exc).__name__)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def to_record(t: FrozenTrial, space: BoundSpace, *, fail_reason: str | None = None) -> TrialRecord:
