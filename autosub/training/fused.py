@@ -1,0 +1,802 @@
+"""Fused multi-trial training: K trials of one model in one process, one forward/backward per step.
+
+SubTuning trials differ only in their few tuned blocks and their heads; every frozen block has the same weights in
+every trial. A :class:`FusedGroup` therefore trains K trials (different selections, learning rates, weight decays,
+seeds, epochs) as one: the frozen prefix comes from the prefix cache (each trial's rows enter at its own first
+tuned block), each trial's tuned blocks and head run on its own slice of the batch, and every frozen block runs
+once on the concatenation of the slices that reach it — the paper's Siamese trick applied to training
+(:mod:`autosub.training.fused_forward` has the mechanics). Small batches starve a GPU (and per-op overhead
+dominates a CPU step at small image sizes); a fused step turns K small batches into one large one.
+
+Every trial keeps what makes it *its own* run, so its results equal ``fit`` with the same arguments (allclose;
+tests/test_fused.py): its own head (seeded as ``fit`` seeds it), AdamW over
+:func:`autosub.model.subtune.param_groups`, cosine schedule, data order (its own ``torch.Generator``), global RNG
+stream (dropout), pruning and failure. A trial that is pruned (its callback raises), diverges or fails leaves the
+group and the others go on unchanged; new trials join between epochs.
+
+Engines drive a group epoch by epoch::
+
+    group = FusedGroup(model, task, batch_size=32, cache=shared_cache)
+    group.add([TrialSpec((14, 15), lr=3e-3, epochs=4, seed=0, key=7, callback=report_7), ...])
+    while group.active:
+        group.run_epoch()                    # one epoch of every active trial; callbacks may prune
+        for outcome in group.pop_finished():  # complete, pruned or failed: tell the study
+            ...
+        group.add(more_specs, partial=True)   # join between epochs, as many as fit the memory limit
+
+or all at once: ``fit_many(model, task, specs) -> list[FusedOutcome]``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.task import Split, Task, take, to_device
+from ..errors import ConfigError, TrainingDiverged, TrialFailed, TrialOutOfMemory
+from ..model.blocks import Partition
+from ..model.splitting import STAND_IN, eval_mode
+from ..model.subtune import (FULL, PROBE, Selection, first_boundary, freeze, normalize_selection, param_groups,
+                             trainable_names, tuned_modules)
+from .cache import ActivationCache, MemoryBudget, batch_ranges
+from .checkpoint import CheckpointHook, FitState, capture, restore
+from .fused_forward import FusedForward, Join, RngStream, Segment, cat_inputs
+from .setup import BlocksSpec, build_cache, prepare
+from .trainer import EpochCallback, FitResult, fit, validate_hparams
+
+__all__ = ["COMPLETE", "FAILED", "FusedGroup", "FusedOutcome", "FusionError", "GroupMemoryError", "MemoryEstimate",
+           "PRUNED", "REMOVED", "TrialSpec", "fit_many"]
+
+log = logging.getLogger(__name__)
+
+COMPLETE, PRUNED, FAILED, REMOVED = "complete", "pruned", "failed", "removed"
+_LIVE, _FROM, _JOIN = "live", "from_boundary", "join"
+MiB = 2**20
+
+
+class FusionError(ConfigError):
+    """This model or selection cannot be trained fused (e.g. full finetuning, or a block whose modules are not
+    called one after another); train those trials one by one with :func:`autosub.fit` (``fit_many`` falls back)."""
+
+
+class GroupMemoryError(ConfigError):
+    """The trials asked for do not fit the group's memory limit; the message says how many do."""
+
+
+@dataclass
+class TrialSpec:
+    """One trial of a fused group: what ``fit`` would get for it, plus its key and hooks.
+
+    ``callback(epoch, score)`` runs after each of its epochs, as ``fit``'s; raising an exception makes the trial
+    leave the group (status ``"pruned"`` for one of the group's ``prune_on`` types, such as ``optuna.TrialPruned``,
+    else ``"failed"``). ``checkpoint(state)`` gets its :class:`FitState` after every epoch (the same state ``fit``
+    writes, so a trial checkpointed in a group can resume with ``fit(resume=…)`` and vice versa); ``resume=state``
+    continues one.
+    """
+
+    selection: Selection | Sequence[int] | int
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    lr_multipliers: Mapping[int, float] | None = None
+    epochs: int = 3
+    seed: int = 0
+    key: Hashable | None = None
+    callback: EpochCallback | None = None
+    checkpoint: CheckpointHook | None = None
+    resume: FitState | None = None
+
+
+@dataclass
+class FusedOutcome:
+    """How one trial of a group ended: ``status`` complete / pruned / failed / removed, with what it trained.
+
+    ``result`` is the trial's :class:`FitResult` (for a pruned or failed trial: the epochs it completed, no model;
+    None if it failed before completing one); ``error`` the exception that ended it, if any.
+    """
+
+    key: Hashable
+    status: str
+    result: FitResult | None
+    error: BaseException | None = None
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.result.curve) if self.result is not None else 0
+
+
+@dataclass
+class MemoryEstimate:
+    """Training memory of one trial in a group: its tensors (parameters, gradients, AdamW moments, buffers) and
+    the activations autograd saves for its rows (measured on a probe forward, scaled to the batch size)."""
+
+    state_bytes: int
+    activation_bytes_per_row: float
+    batch_size: int
+
+    @property
+    def total(self) -> int:
+        return int(self.state_bytes + self.activation_bytes_per_row * self.batch_size)
+
+
+class _TrialView:
+    """A trial's tuned modules under the trunk's parameter names: what ``param_groups``, ``tuned_tensors`` and the
+    checkpoint functions read from a model, without building the model."""
+
+    def __init__(self, trunk: nn.Module, modules: Mapping[str, nn.Module]) -> None:
+        own = {f"{path}.{n}": p for path, m in modules.items() for n, p in m.named_parameters()}
+        order = [n for n, _ in trunk.named_parameters()]
+        self._params = [(n, own[n]) for n in order if n in own]
+        self._buffers = [(f"{path}.{n}", b) for path, m in modules.items() for n, b in m.named_buffers()]
+        self.names = set(own)
+
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        return iter(self._params)
+
+    def named_buffers(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return iter(self._buffers)
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = False) -> None:
+        with torch.no_grad():
+            for name, t in [*self._params, *self._buffers]:
+                if name in state:
+                    t.copy_(state[name])
+
+
+@dataclass
+class _Trial:
+    slot: int
+    key: Hashable
+    spec: TrialSpec
+    selection: Selection
+    boundary: int
+    modules: dict[str, nn.Module]
+    view: _TrialView
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    gen: torch.Generator
+    stream: RngStream
+    trainable: list[nn.Parameter]
+    n_trainable: int
+    memory: MemoryEstimate | None = None
+    curve: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    seen: int = 0
+    step_time: float = 0.0
+    resumed_from: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    # per-epoch scratch
+    perm: torch.Tensor | None = None
+    loss_sum: float = 0.0
+    count: int = 0
+
+    @property
+    def epoch(self) -> int:
+        return len(self.curve)
+
+
+class FusedGroup:
+    """Train several trials of ``model`` on ``task`` as one (see the module docs). The caller's model is never
+    modified: the group trains one frozen trunk (a copy) and, per trial, copies of its tuned modules and its head.
+
+    ``batch_size``, ``device``, ``amp``, ``cache``, ``cache_views`` and ``budget`` mean what they mean for
+    :func:`autosub.fit` and are shared by the group's trials (a shared :class:`ActivationCache` is reused and filled
+    further as trials with new boundaries join). ``memory``: bytes the trials' training state may take (see
+    :class:`MemoryEstimate`); default: 80% of the free GPU memory on CUDA, half the available RAM on the CPU.
+    ``prune_on``: exception types that mark a trial pruned rather than failed (default ``optuna.TrialPruned``).
+    ``verify``: check, when trials join, that fused outputs equal each trial's own forward (eval mode, a few
+    validation rows); a model that fails it raises :class:`FusionError` before any training.
+    """
+
+    def __init__(self, model: nn.Module, task: Task | Any, *, blocks: BlocksSpec = None, batch_size: int = 32,
+                 device: str | torch.device | None = None, amp: bool | None = None,
+                 cache: bool | str | ActivationCache = "auto", cache_views: int | None = None,
+                 budget: MemoryBudget | None = None, memory: int | None = None, seed: int = 0,
+                 prune_on: tuple[type[BaseException], ...] | None = None, keep_models: bool = True,
+                 eval_batch_size: int = 256, verify: bool = True, progress: bool = False) -> None:
+        validate_hparams(epochs=1, lr=1.0, batch_size=batch_size, weight_decay=0.0)
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
+            raise ConfigError(f"The 'memory' parameter of FusedGroup must be a positive number of bytes or None; got "
+                              f"{memory!r} instead.")
+        shared = cache if isinstance(cache, ActivationCache) else None
+        self.setup = prepare(model, task, blocks=blocks, seed=seed, device=device, check=shared is None)
+        self.device = dev = self.setup.device
+        if shared is not None and shared.device != dev:
+            raise ConfigError(f"The cache holds activations for device {shared.device} but the group runs on {dev}; "
+                              f"build the ActivationCache with device={str(dev)!r}.")
+        self.partition: Partition = self.setup.partition
+        if self.partition.head_module is None:
+            raise FusionError(f"{type(model).__name__} has no single head module to give each trial its own head; "
+                              "train its trials one by one with autosub.fit.")
+        self.task = self.setup.view
+        self.batch_size = int(batch_size)
+        self.amp = dev.type == "cuda" if amp is None else bool(amp)
+        self.channels_last = dev.type == "cuda" and self.task.kind == "image"
+        self.trunk = self.setup.work
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        if self.channels_last:
+            self.trunk = self.trunk.to(memory_format=torch.channels_last)
+        self.trunk.eval()
+        self.engine = FusedForward(self.trunk, self.partition)
+        self._cache_arg = cache
+        self._cache = shared
+        self.cache_views = cache_views
+        self.budget = budget
+        self.augmented = self.task.train_transform is not None
+        self.memory_limit = int(memory) if memory is not None else _default_memory(dev)
+        self.prune_on = prune_on if prune_on is not None else _default_prune_on()
+        self.keep_models = keep_models
+        self.eval_batch_size = int(eval_batch_size)
+        self.verify = verify
+        self.dedupe = True  # identical rows of several trials run once until they fork (off if the model cannot fork)
+        self.progress = progress
+        self.steps_per_epoch = math.ceil(len(self.task.train) / self.batch_size)
+        self._trials: dict[Hashable, _Trial] = {}
+        self._finished: list[FusedOutcome] = []
+        self._next_slot = 0
+        self._loss = nn.CrossEntropyLoss()
+        self.epochs_run = 0
+        self.train_seconds = 0.0
+
+    # -- membership ----------------------------------------------------------------------------------------------
+    @property
+    def active(self) -> list[Hashable]:
+        """Keys of the trials still training, in the order they joined."""
+        return list(self._trials)
+
+    @property
+    def memory_used(self) -> int:
+        """Estimated training memory of the active trials, in bytes."""
+        return sum(t.memory.total for t in self._trials.values() if t.memory is not None)
+
+    def add(self, specs: TrialSpec | Sequence[TrialSpec], *, partial: bool = False) -> list[Hashable]:
+        """Add trials (between epochs only); returns the keys added.
+
+        Every spec is validated first, then its copies are built and its memory measured. If they do not all fit
+        the memory limit, :class:`GroupMemoryError` is raised and none is added — or, with ``partial=True``, the
+        longest prefix that fits is added and the rest are left to the caller (an engine adds them later).
+        """
+        specs = [specs] if isinstance(specs, TrialSpec) else list(specs)
+        keys = self._check_specs(specs)
+        built = [self._build(s, k) for s, k in zip(specs, keys)]
+        self._ensure_cache({t.boundary for t in built})
+        for t in built:
+            t.memory = self._measure(t)
+        room = self.memory_limit - self.memory_used
+        fit_n, used = 0, 0
+        for t in built:
+            if used + t.memory.total > room:
+                break
+            used += t.memory.total
+            fit_n += 1
+        if fit_n < len(built) and not partial:
+            per = max(t.memory.total for t in built)
+            raise GroupMemoryError(
+                f"{len(built)} more trial(s) would need about {_mib(sum(t.memory.total for t in built))} of training "
+                f"memory (up to {_mib(per)} each at batch_size={self.batch_size}: tuned tensors, gradients and AdamW "
+                f"moments {_mib(max(t.memory.state_bytes for t in built))}, activations "
+                f"{_mib(max(t.memory.activation_bytes_per_row for t in built) * self.batch_size)}), but the group's "
+                f"memory limit leaves {_mib(room)} (memory={_mib(self.memory_limit)}, {len(self._trials)} trial(s) "
+                f"active): only {fit_n} fit. Add fewer trials (add(..., partial=True) adds those that fit), lower "
+                "batch_size, or raise FusedGroup(memory=…) in bytes.")
+        built = built[:fit_n]
+        if built and self.verify:
+            self._verify(built)
+        for t in built:
+            self.engine.attach(t.slot, t.modules, t.stream)
+            self._trials[t.key] = t
+        return [t.key for t in built]
+
+    def remove(self, key: Hashable, *, status: str = PRUNED, error: BaseException | None = None) -> FusedOutcome:
+        """Take a trial out of the group between epochs (an engine prunes it, or a scheduler stops it)."""
+        if key not in self._trials:
+            raise ConfigError(f"No active trial with key {key!r} in this group; active: {self.active}.")
+        if status not in (PRUNED, FAILED, REMOVED):
+            raise ConfigError(f"The 'status' parameter of remove must be one of {(PRUNED, FAILED, REMOVED)}; got "
+                              f"{status!r} instead.")
+        return self._leave(self._trials[key], status, error)
+
+    def pop_finished(self) -> list[FusedOutcome]:
+        """The outcomes of trials that left since the last call (completed, pruned, failed, removed)."""
+        out, self._finished = self._finished, []
+        return out
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def run(self) -> list[FusedOutcome]:
+        """Run epochs until no trial is active; returns every outcome not popped yet, in the order they ended."""
+        while self._trials:
+            self.run_epoch()
+        return self.pop_finished()
+
+    def run_epoch(self) -> None:
+        """One epoch of every active trial (each its own epoch count and schedule), then its validation score,
+        callback and checkpoint. Trials that finish, are pruned or fail leave the group."""
+        trials = list(self._trials.values())
+        if not trials:
+            return
+        n = len(self.task.train)
+        for t in trials:
+            t.perm = torch.randperm(n, generator=t.gen)
+            t.loss_sum, t.count = 0.0, 0
+        for m in self._copies(trials):
+            m.train()
+        bar = tqdm(total=self.steps_per_epoch, desc=f"fused ({len(trials)} trials)", disable=not self.progress,
+                   leave=False)
+        t0 = time.perf_counter()
+        try:
+            for s in range(0, n, self.batch_size):
+                trials = [t for t in trials if t.key in self._trials]
+                if not trials:
+                    break
+                self._step(trials, s, s // self.batch_size + 1)
+                bar.update(1)
+        except torch.cuda.OutOfMemoryError as exc:
+            for t in list(self._trials.values()):
+                self._leave(t, FAILED, TrialOutOfMemory(
+                    f"Out of device memory in a fused step of {len(self._trials)} trials (batch_size="
+                    f"{self.batch_size}): {exc}. Run fewer trials per group (FusedGroup(memory=…)), lower batch_size, "
+                    "or keep the prefix cache off the GPU (MemoryBudget(gpu=0))."))
+            return
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        self.epochs_run += 1
+        trials = [t for t in self._trials.values()]
+        for t in trials:
+            t.step_time += seconds
+            if not all(bool(torch.isfinite(p).all()) for p in t.trainable):
+                self._leave(t, FAILED, TrainingDiverged(
+                    f"The tuned parameters of {_label(t.selection)} became NaN/Inf at epoch {t.epoch + 1}; lower the "
+                    f"learning rate (lr={t.spec.lr:g})."))
+                continue
+            t.seen += t.count
+            t.losses.append(t.loss_sum / max(1, t.count))
+        trials = [t for t in self._trials.values()]
+        scores = self._evaluate(trials)
+        for t in trials:
+            t.curve.append(scores[t.slot])
+            if t.spec.callback is not None:
+                try:
+                    t.spec.callback(t.epoch - 1, scores[t.slot])
+                except Exception as exc:  # a pruned (or failing) trial leaves; the others go on
+                    self._leave(t, PRUNED if isinstance(exc, self.prune_on) else FAILED, exc)
+                    continue
+            if t.spec.checkpoint is not None:
+                t.spec.checkpoint(self._capture(t))
+            if t.epoch >= t.spec.epochs:
+                self._leave(t, COMPLETE, None)
+
+    def _step(self, trials: list[_Trial], s: int, step: int) -> None:
+        split = self.task.train
+        entries = []
+        for t in trials:
+            idx = t.perm[s:s + self.batch_size]
+            rows = idx
+            if self._train_cached(t.boundary) and self._cache.views > 1:
+                rows = idx + len(split) * torch.randint(self._cache.views, (len(idx),), generator=t.gen)
+            entries.append((t, idx, rows))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out, spans = self._forward("train", split, [(t, rows) for t, _, rows in entries], train=True)
+            losses = [self._loss(out[spans[t.slot][0]:spans[t.slot][1]].float(), split.targets[idx].to(self.device))
+                      for t, idx, _ in entries]
+        for t in trials:
+            t.optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        for t in trials:
+            t.optimizer.step()
+            t.scheduler.step()
+        values = torch.stack([l.detach().float() for l in losses]).tolist()
+        for (t, idx, _), value in zip(entries, values):
+            if not math.isfinite(value):
+                self._leave(t, FAILED, TrainingDiverged(
+                    f"The training loss became {value} at epoch {t.epoch + 1} (step {step}) of {_label(t.selection)}; "
+                    f"lower the learning rate (lr={t.spec.lr:g}) or check the inputs."))
+                continue
+            t.loss_sum += value * len(idx)
+            t.count += len(idx)
+
+    @torch.no_grad()
+    def _evaluate(self, trials: list[_Trial]) -> dict[int, float]:
+        """Validation accuracy of every trial, fused: one pass over the validation rows for the whole group."""
+        if not trials:
+            return {}
+        split = self.task.val
+        correct = {t.slot: 0 for t in trials}
+        copies = self._copies(trials)
+        for m in copies:
+            m.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                for start, stop in batch_ranges(len(split), self.eval_batch_size):
+                    idx = torch.arange(start, stop)
+                    out, spans = self._forward("val", split, [(t, idx) for t in trials], train=False)
+                    target = split.targets[idx]
+                    for t in trials:
+                        a, b = spans[t.slot]
+                        correct[t.slot] += (out[a:b].argmax(-1).cpu() == target).sum().item()
+        finally:
+            for m in copies:
+                m.train()
+        return {slot: c / max(1, len(split)) for slot, c in correct.items()}
+
+    # -- the fused forward ---------------------------------------------------------------------------------------
+    def _cached(self, split: str, boundary: int) -> bool:
+        c = self._cache
+        if c is None or not c.has(split, boundary):
+            return False
+        return split == "val" or not self.augmented or c.views > 1 or bool(self.cache_views)
+
+    def _train_cached(self, boundary: int) -> bool:
+        return self._cached("train", boundary)
+
+    def _forward(self, name: str, split: Split, entries: list[tuple[_Trial, torch.Tensor]], *, train: bool,
+                 dedupe: bool | None = None) -> tuple[Any, dict[int, tuple[int, int]]]:
+        """One fused forward of ``entries`` (trial, rows of ``split``); returns the output and each trial's rows.
+
+        Three ways in, chosen from the cache: *join* (every trial's boundary cached with a stand-in replay: each
+        trial's rows enter at its own boundary), *from the first boundary* (all rows replayed from the earliest
+        boundary, e.g. a text model whose replay runs the real inputs), or *live* (from the inputs).
+        """
+        trials = [t for t, _ in entries]
+        b0 = min(t.boundary for t in trials)
+        c = self._cache
+        if all(self._cached(name, t.boundary) for t in trials) and all(c.mode(t.boundary) == STAND_IN for t in trials):
+            how = _JOIN
+        elif self._cached(name, b0):
+            how = _FROM
+        else:
+            how = _LIVE
+        live_aug = how == _LIVE and train and self.augmented
+        dedupe = self.dedupe if dedupe is None else dedupe
+        groups: list[tuple[Segment, torch.Tensor, int]] = []  # segment, its rows, where it enters
+        for t, rows in entries:
+            enter = t.boundary if how == _JOIN else b0
+            for seg, r, b in groups:
+                if dedupe and not live_aug and b == enter and r.shape == rows.shape and torch.equal(r, rows):
+                    seg.members = (*seg.members, t.slot)
+                    break
+            else:
+                groups.append((Segment((t.slot,), len(rows)), rows, enter))
+        n = len(split)
+        if how == _LIVE:
+            parts = []
+            for seg, rows, _ in groups:
+                x = take(split.inputs, rows % n)
+                if live_aug:  # the trial's own RNG stream draws its augmentation, as in a run of its own
+                    stream = self.engine.streams[seg.members[0]]
+                    with stream.active() if self.engine.swap_streams else contextlib.nullcontext():
+                        x = self.task.train_transform(x)
+                parts.append(x)
+            inputs = to_device(cat_inputs(parts), self.device, channels_last=self.channels_last)
+            out, layout = self.engine.forward(inputs, [g[0] for g in groups])
+        elif how == _FROM:
+            all_rows = torch.cat([rows for _, rows, _ in groups])
+            slots, tensors = c.batch(name, b0, all_rows)
+            mode = c.mode(b0)
+            feed = c.stand_in if mode == STAND_IN else to_device(take(split.inputs, all_rows % n), self.device)
+            out, layout = self.engine.forward(feed, [g[0] for g in groups], boundary=b0, slots=slots,
+                                              tensors=tensors, mode=mode)
+        else:
+            by_b: dict[int, list[tuple[Segment, torch.Tensor]]] = {}
+            for seg, rows, b in groups:
+                by_b.setdefault(b, []).append((seg, rows))
+            joins = {}
+            for b, items in by_b.items():
+                slots, tensors = c.batch(name, b, torch.cat([rows for _, rows in items]))
+                joins[b] = Join([seg for seg, _ in items], slots, tensors)
+            first = joins.pop(b0)
+            out, layout = self.engine.forward(c.stand_in, first.segments, boundary=b0, slots=first.slots,
+                                              tensors=first.tensors, mode=STAND_IN, joins=joins)
+        spans, start = {}, 0
+        for seg in layout:
+            if len(seg.members) != 1:
+                raise FusionError(f"The fused forward ended with rows shared by trials {seg.members}: the head module "
+                                  f"{self.partition.head_module!r} was not called on them.")
+            spans[seg.members[0]] = (start, start + seg.rows)
+            start += seg.rows
+        if set(spans) != {t.slot for t in trials}:
+            raise FusionError("The fused forward lost track of some trials' rows (a module was called outside the "
+                              "block order?).")
+        return out, spans
+
+    # -- building trials -----------------------------------------------------------------------------------------
+    def _check_specs(self, specs: list[TrialSpec]) -> list[Hashable]:
+        keys = []
+        for i, s in enumerate(specs):
+            if not isinstance(s, TrialSpec):
+                raise ConfigError(f"FusedGroup.add takes TrialSpec objects; got {type(s).__name__} at position {i}.")
+            validate_hparams(epochs=s.epochs, lr=s.lr, batch_size=self.batch_size, weight_decay=s.weight_decay)
+            if isinstance(s.seed, bool) or not isinstance(s.seed, int):
+                raise ConfigError(f"The 'seed' of a TrialSpec must be an int; got {s.seed!r} instead.")
+            sel = normalize_selection(s.selection, self.partition)
+            if sel == FULL:
+                raise FusionError("selection='all' (full finetuning) shares no frozen block with other trials; train "
+                                  "it with autosub.fit.")
+            key = s.key if s.key is not None else self._next_slot + i
+            if key in self._trials or key in keys:
+                raise ConfigError(f"Trial key {key!r} is already in the group; give every TrialSpec its own key.")
+            keys.append(key)
+        return keys
+
+    def _build(self, spec: TrialSpec, key: Hashable) -> _Trial:
+        """A trial's own copies of its tuned modules and head, initialized exactly as ``fit`` initializes them."""
+        sel = normalize_selection(spec.selection, self.partition)
+        work = self.setup.fresh_copy(seed=spec.seed)
+        paths = tuned_modules(sel, self.partition)
+        modules = {p: work.get_submodule(p) for p in paths}
+        del work
+        if self.channels_last:
+            modules = {p: m.to(memory_format=torch.channels_last) for p, m in modules.items()}
+        view = _TrialView(self.trunk, modules)
+        want = trainable_names(sel, self.partition, self.trunk)
+        if view.names != want:
+            extra = sorted(want ^ view.names)[:3]
+            raise FusionError(f"The parameters of {_label(sel)} are not exactly those of its modules {paths} (e.g. "
+                              f"{extra}): a block's parameters must live in its modules to give each trial its own "
+                              "copy. Train it with autosub.fit.")
+        for m in modules.values():
+            for p in m.parameters():
+                p.requires_grad_(True)
+            m.train()
+        groups = param_groups(view, sel, self.partition, lr=spec.lr, weight_decay=spec.weight_decay,
+                              lr_multipliers=spec.lr_multipliers)
+        optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+        total = spec.epochs * self.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        gen = torch.Generator().manual_seed(spec.seed)
+        stream = RngStream(spec.seed, self.device)
+        slot = self._next_slot
+        self._next_slot += 1
+        trainable = [p for _, p in view.named_parameters()]
+        t = _Trial(slot=slot, key=key, spec=spec, selection=sel, boundary=first_boundary(sel, self.partition),
+                   modules=modules, view=view, optimizer=optimizer, scheduler=scheduler, gen=gen, stream=stream,
+                   trainable=trainable, n_trainable=sum(p.numel() for p in trainable))
+        if spec.resume is not None:
+            with stream.active():
+                restore(spec.resume, view, sel, self.partition, optimizer, scheduler, gen, epochs=spec.epochs)
+            t.curve, t.losses = list(spec.resume.curve), list(spec.resume.train_loss)
+            t.seen, t.step_time, t.resumed_from = spec.resume.seen, spec.resume.step_time, spec.resume.epoch
+        return t
+
+    def _ensure_cache(self, boundaries: set[int]) -> None:
+        arg = self._cache_arg
+        if arg is False or arg is None or arg == "off":
+            return
+        self._cache = build_cache(self.trunk, self.partition, {"train": self.task.train, "val": self.task.val},
+                                  sorted(boundaries), device=self.device, batch_size=self.batch_size,
+                                  memory=self.budget, views=self.cache_views or 1,
+                                  transform=self.task.train_transform if self.cache_views else None,
+                                  augmented=self.augmented, progress=self.progress,
+                                  cache=self._cache if self._cache is not None else True)
+
+    def _measure(self, t: _Trial) -> MemoryEstimate:
+        """Tuned-tensor bytes ×4 (parameter, gradient, two AdamW moments) + buffers, and the activation bytes per row
+        autograd saves on a probe forward of this trial alone at 2 and 4 rows (the difference: no fixed costs).
+        The probe runs in train mode but leaves no trace: BatchNorm buffers are restored, and the RNG is untouched."""
+        state = sum(4 * p.numel() * p.element_size() for p in t.trainable)
+        state += sum(b.numel() * b.element_size() for _, b in t.view.named_buffers())
+        fixed = {x.untyped_storage().data_ptr() for m in (self.trunk, *t.modules.values())
+                 for x in (*m.parameters(), *m.buffers())}
+        n = len(self.task.train)
+        sizes = [min(2, n), min(4, n)]
+        saved_bytes = []
+        snapshot = {name: b.detach().clone() for name, b in t.view.named_buffers()}
+        self.engine.attach(t.slot, t.modules, t.stream)
+        self.engine.swap_streams = False
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                for k in sizes:
+                    seen: dict[int, int] = {}
+
+                    def pack(x: torch.Tensor) -> torch.Tensor:
+                        try:
+                            storage = x.untyped_storage()
+                            ptr = storage.data_ptr()
+                            if ptr not in fixed:
+                                seen[ptr] = storage.nbytes()
+                        except (RuntimeError, NotImplementedError):
+                            pass
+                        return x
+
+                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), \
+                            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                        out, _ = self._forward("train", self.task.train, [(t, torch.arange(k))], train=True)
+                    del out
+                    saved_bytes.append(sum(seen.values()))
+        finally:
+            self.engine.swap_streams = True
+            self.engine.detach(t.slot)
+            with torch.no_grad():
+                for name, b in t.view.named_buffers():
+                    b.copy_(snapshot[name])
+        per_row = max(0.0, (saved_bytes[1] - saved_bytes[0]) / max(1, sizes[1] - sizes[0])) if sizes[1] > sizes[0] \
+            else saved_bytes[0] / max(1, sizes[0])
+        return MemoryEstimate(state_bytes=int(state), activation_bytes_per_row=per_row, batch_size=self.batch_size)
+
+    @torch.no_grad()
+    def _verify(self, new: list[_Trial]) -> None:
+        """Fused outputs (every trial: the active ones and ``new``) equal each new trial's own forward, in eval mode,
+        on distinct validation rows per trial (a misrouted row shows) and on shared rows (forks run)."""
+        everyone = [*self._trials.values(), *new]
+        for t in new:
+            self.engine.attach(t.slot, t.modules, t.stream)
+        copies = self._copies(everyone)
+        for m in copies:
+            m.eval()
+        split, r = self.task.val, 3
+        try:
+            distinct = {t.slot: torch.arange(i * r, (i + 1) * r) % len(split) for i, t in enumerate(everyone)}
+            shared = {t.slot: torch.arange(r) % len(split) for t in everyone}
+            self._compare(everyone, new, distinct, dedupe=False)
+            if self.dedupe:
+                try:
+                    self._compare(everyone, new, shared, dedupe=True)
+                except FusionError as exc:  # e.g. a text encoder hands every layer a mask made for the input rows
+                    log.info("fused group: identical rows will not be shared (%s)", exc)
+                    self.dedupe = False
+        finally:
+            for t in new:
+                self.engine.detach(t.slot)
+            for m in copies:
+                m.train()
+
+    def _compare(self, everyone: list[_Trial], new: list[_Trial], rows: dict[int, torch.Tensor], *,
+                 dedupe: bool) -> None:
+        """Raise FusionError unless each new trial's rows of a fused forward of ``everyone`` equal its own forward."""
+        split = self.task.val
+        try:
+            out, spans = self._forward("val", split, [(t, rows[t.slot]) for t in everyone], train=False, dedupe=dedupe)
+        except FusionError:
+            raise
+        except Exception as exc:
+            raise FusionError(f"{type(self.setup.model).__name__} cannot run these trials fused: the fused forward "
+                              f"failed ({type(exc).__name__}: {exc}). Train them one by one with autosub.fit "
+                              "(fit_many(..., fallback=True) does).") from exc
+        for t in new:
+            alone, aspans = self._forward("val", split, [(t, rows[t.slot])], train=False, dedupe=False)
+            a, b = spans[t.slot]
+            got, want = out[a:b].float(), alone[aspans[t.slot][0]:aspans[t.slot][1]].float()
+            err = (got - want).abs().max().item() if got.shape == want.shape else math.inf
+            if not err <= 1e-4 * max(1.0, want.abs().max().item()):
+                raise FusionError(
+                    f"{type(self.setup.model).__name__} cannot train {_label(t.selection)} fused: its fused output "
+                    f"differs from its own forward by {err:.3g} (a block's modules are not called one after another, "
+                    "or a later layer reuses earlier tensors). Train it with autosub.fit (fit_many(..., "
+                    "fallback=True) does).")
+
+    # -- leaving -------------------------------------------------------------------------------------------------
+    def _copies(self, trials: Iterable[_Trial]) -> list[nn.Module]:
+        return [m for t in trials for m in t.modules.values()]
+
+    def _capture(self, t: _Trial) -> FitState:
+        with t.stream.active():
+            return capture(t.view, t.selection, self.partition, t.optimizer, t.scheduler, t.gen, epoch=t.epoch,
+                           curve=t.curve, train_loss=t.losses, seen=t.seen, step_time=t.step_time)
+
+    def _leave(self, t: _Trial, status: str, error: BaseException | None) -> FusedOutcome:
+        self._trials.pop(t.key, None)
+        self.engine.detach(t.slot)
+        result = None
+        if t.curve:
+            model = self._materialize(t) if status == COMPLETE and self.keep_models else None
+            result = FitResult(
+                selection=t.selection, score=t.curve[-1], curve=list(t.curve), train_loss=list(t.losses),
+                wall_time=time.perf_counter() - t.started, examples_per_s=t.seen / max(t.step_time, 1e-9),
+                trainable_params=t.n_trainable, epochs=t.spec.epochs,
+                hparams={"lr": t.spec.lr, "weight_decay": t.spec.weight_decay, "batch_size": self.batch_size,
+                         "epochs": t.spec.epochs, "lr_multipliers": dict(t.spec.lr_multipliers or {}),
+                         "seed": t.spec.seed},
+                cached=self._train_cached(t.boundary), model=model, resumed_from=t.resumed_from)
+        outcome = FusedOutcome(key=t.key, status=status, result=result, error=error)
+        if status != COMPLETE:
+            log.info("fused group: trial %r (%s) left: %s%s", t.key, _label(t.selection), status,
+                     f" ({type(error).__name__}: {error})" if error is not None else "")
+        t.optimizer.state.clear()
+        self._finished.append(outcome)
+        return outcome
+
+    def _materialize(self, t: _Trial) -> nn.Module:
+        """The trial's model as ``fit`` returns it: a working copy with the trial's trained modules put in."""
+        work = self.setup.fresh_copy(seed=t.spec.seed)
+        if self.channels_last:
+            work = work.to(memory_format=torch.channels_last)
+        for path, m in t.modules.items():
+            work.set_submodule(path, m)
+        freeze(work, t.selection, self.partition)
+        return work.eval()
+
+
+def fit_many(model: nn.Module, task: Task | Any, specs: Sequence[TrialSpec], *, fallback: bool = False,
+             split: bool = False, **group: Any) -> list[FusedOutcome]:
+    """Train ``specs`` as fused groups; one :class:`FusedOutcome` per spec, in the order given.
+
+    ``group``: :class:`FusedGroup`'s keywords (``blocks``, ``batch_size``, ``device``, ``cache``, ``memory``, …).
+    ``split=True`` runs the specs in as many consecutive groups as the memory limit needs (else a K that does not
+    fit raises :class:`GroupMemoryError` before any training). ``fallback=True`` trains the specs one by one with
+    :func:`autosub.fit` when the model cannot be fused (:class:`FusionError`), with a warning.
+    """
+    specs = list(specs)
+    if not specs:
+        return []
+    keys = [s.key if s.key is not None else i for i, s in enumerate(specs)]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("fit_many got two TrialSpecs with the same key; give each its own key (or none).")
+    specs = [s if s.key is not None else _with_key(s, k) for s, k in zip(specs, keys)]
+    try:
+        outcomes: dict[Hashable, FusedOutcome] = {}
+        g = FusedGroup(model, task, **group)
+        todo = list(specs)
+        while todo:
+            added = g.add(todo, partial=split)
+            if not added and not g.active:
+                raise GroupMemoryError(f"Not even one trial fits the memory limit ({_mib(g.memory_limit)}); raise "
+                                       "memory= or lower batch_size.")
+            todo = todo[len(added):]
+            for o in g.run():
+                outcomes[o.key] = o
+        return [outcomes[k] for k in keys]
+    except FusionError as exc:
+        if not fallback:
+            raise
+        warnings.warn(f"fit_many: training {len(specs)} trials one by one: {exc}", RuntimeWarning, stacklevel=2)
+        return [_fit_one(model, task, s, group) for s in specs]
+
+
+def _fit_one(model: nn.Module, task: Any, s: TrialSpec, group: Mapping[str, Any]) -> FusedOutcome:
+    """``fit`` for one spec, as an outcome (the fallback path of :func:`fit_many`)."""
+    keep = {k: group[k] for k in ("blocks", "batch_size", "device", "amp", "cache", "cache_views", "budget")
+            if k in group}
+    prune_on = group.get("prune_on") or _default_prune_on()
+    try:
+        res = fit(model, task, s.selection, epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay,
+                  lr_multipliers=s.lr_multipliers, seed=s.seed, callback=s.callback, checkpoint=s.checkpoint,
+                  resume=s.resume, keep_model=group.get("keep_models", True), **keep)
+    except Exception as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        return FusedOutcome(s.key, PRUNED if isinstance(exc, prune_on) else FAILED, None, exc)
+    return FusedOutcome(s.key, COMPLETE, res, None)
+
+
+def _with_key(s: TrialSpec, key: Hashable) -> TrialSpec:
+    from dataclasses import replace
+
+    return replace(s, key=key)
+
+
+def _default_memory(device: torch.device) -> int:
+    """80% of the free GPU memory (CUDA), else half the RAM available now."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def _default_prune_on() -> tuple[type[BaseException], ...]:
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        return ()
+    return (optuna.TrialPruned,)
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:.1f} MiB"
+
+
+def _label(sel: Selection) -> str:
+    return "full" if sel == FULL else ("probe" if not sel else "blocks " + ",".join(map(str, sel)))
