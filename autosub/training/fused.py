@@ -34,7 +34,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import torch
@@ -42,145 +42,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.task import Split, Task, take, to_device
-from ..errors import ConfigError, TrainingDiverged, TrialFailed, TrialOutOfMemory
+from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory
 from ..model.blocks import Partition
-from ..model.splitting import STAND_IN, eval_mode
-from ..model.subtune import (FULL, PROBE, Selection, first_boundary, freeze, normalize_selection, param_groups,
-                             trainable_names, tuned_modules)
+from ..model.splitting import STAND_IN
+from ..model.subtune import FULL, normalize_selection
 from .cache import ActivationCache, MemoryBudget, batch_ranges
-from .checkpoint import CheckpointHook, FitState, capture, restore
-from .fused_forward import FusedForward, Join, RngStream, Segment, cat_inputs
+from .fused_forward import FusedForward, Join, Segment, cat_inputs
+from .fused_trials import (COMPLETE, FAILED, PRUNED, REMOVED, FusedOutcome, FusionError, GroupMemoryError,
+                           MemoryEstimate, Trial, TrialSpec, build_trial, label, materialize, trial_result,
+                           trial_state)
 from .setup import BlocksSpec, build_cache, prepare
-from .trainer import EpochCallback, FitResult, fit, validate_hparams
+from .trainer import fit, validate_hparams
 
-__all__ = ["COMPLETE", "FAILED", "FusedGroup", "FusedOutcome", "FusionError", "GroupMemoryError", "MemoryEstimate",
-           "PRUNED", "REMOVED", "TrialSpec", "fit_many"]
+__all__ = ["COMPLETE", "FAILED", "PRUNED", "REMOVED", "FusedGroup", "FusedOutcome", "FusionError", "GroupMemoryError",
+           "MemoryEstimate", "TrialSpec", "fit_many"]
+
+MiB = 2**20
 
 log = logging.getLogger(__name__)
 
-COMPLETE, PRUNED, FAILED, REMOVED = "complete", "pruned", "failed", "removed"
 _LIVE, _FROM, _JOIN = "live", "from_boundary", "join"
-MiB = 2**20
-
-
-class FusionError(ConfigError):
-    """This model or selection cannot be trained fused (e.g. full finetuning, or a block whose modules are not
-    called one after another); train those trials one by one with :func:`autosub.fit` (``fit_many`` falls back)."""
-
-
-class GroupMemoryError(ConfigError):
-    """The trials asked for do not fit the group's memory limit; the message says how many do."""
-
-
-@dataclass
-class TrialSpec:
-    """One trial of a fused group: what ``fit`` would get for it, plus its key and hooks.
-
-    ``callback(epoch, score)`` runs after each of its epochs, as ``fit``'s; raising an exception makes the trial
-    leave the group (status ``"pruned"`` for one of the group's ``prune_on`` types, such as ``optuna.TrialPruned``,
-    else ``"failed"``). ``checkpoint(state)`` gets its :class:`FitState` after every epoch (the same state ``fit``
-    writes, so a trial checkpointed in a group can resume with ``fit(resume=…)`` and vice versa); ``resume=state``
-    continues one.
-    """
-
-    selection: Selection | Sequence[int] | int
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    lr_multipliers: Mapping[int, float] | None = None
-    epochs: int = 3
-    seed: int = 0
-    key: Hashable | None = None
-    callback: EpochCallback | None = None
-    checkpoint: CheckpointHook | None = None
-    resume: FitState | None = None
-
-
-@dataclass
-class FusedOutcome:
-    """How one trial of a group ended: ``status`` complete / pruned / failed / removed, with what it trained.
-
-    ``result`` is the trial's :class:`FitResult` (for a pruned or failed trial: the epochs it completed, no model;
-    None if it failed before completing one); ``error`` the exception that ended it, if any.
-    """
-
-    key: Hashable
-    status: str
-    result: FitResult | None
-    error: BaseException | None = None
-
-    @property
-    def epochs_done(self) -> int:
-        return len(self.result.curve) if self.result is not None else 0
-
-
-@dataclass
-class MemoryEstimate:
-    """Training memory of one trial in a group: its tensors (parameters, gradients, AdamW moments, buffers) and
-    the activations autograd saves for its rows (measured on a probe forward, scaled to the batch size)."""
-
-    state_bytes: int
-    activation_bytes_per_row: float
-    batch_size: int
-
-    @property
-    def total(self) -> int:
-        return int(self.state_bytes + self.activation_bytes_per_row * self.batch_size)
-
-
-class _TrialView:
-    """A trial's tuned modules under the trunk's parameter names: what ``param_groups``, ``tuned_tensors`` and the
-    checkpoint functions read from a model, without building the model."""
-
-    def __init__(self, trunk: nn.Module, modules: Mapping[str, nn.Module]) -> None:
-        own = {f"{path}.{n}": p for path, m in modules.items() for n, p in m.named_parameters()}
-        order = [n for n, _ in trunk.named_parameters()]
-        self._params = [(n, own[n]) for n in order if n in own]
-        self._buffers = [(f"{path}.{n}", b) for path, m in modules.items() for n, b in m.named_buffers()]
-        self.names = set(own)
-
-    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
-        return iter(self._params)
-
-    def named_buffers(self) -> Iterable[tuple[str, torch.Tensor]]:
-        return iter(self._buffers)
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = False) -> None:
-        with torch.no_grad():
-            for name, t in [*self._params, *self._buffers]:
-                if name in state:
-                    t.copy_(state[name])
-
-
-@dataclass
-class _Trial:
-    slot: int
-    key: Hashable
-    spec: TrialSpec
-    selection: Selection
-    boundary: int
-    modules: dict[str, nn.Module]
-    view: _TrialView
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    gen: torch.Generator
-    stream: RngStream
-    trainable: list[nn.Parameter]
-    n_trainable: int
-    memory: MemoryEstimate | None = None
-    curve: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    seen: int = 0
-    step_time: float = 0.0
-    resumed_from: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    # per-epoch scratch
-    perm: torch.Tensor | None = None
-    loss_sum: float = 0.0
-    count: int = 0
-
-    @property
-    def epoch(self) -> int:
-        return len(self.curve)
 
 
 class FusedGroup:
@@ -240,9 +121,10 @@ class FusedGroup:
         self.dedupe = True  # identical rows of several trials run once until they fork (off if the model cannot fork)
         self.progress = progress
         self.steps_per_epoch = math.ceil(len(self.task.train) / self.batch_size)
-        self._trials: dict[Hashable, _Trial] = {}
+        self._trials: dict[Hashable, Trial] = {}
         self._finished: list[FusedOutcome] = []
         self._next_slot = 0
+        self._n_added = 0  # default keys: 0, 1, 2, … in the order trials were added
         self._loss = nn.CrossEntropyLoss()
         self.epochs_run = 0
         self.train_seconds = 0.0
@@ -294,6 +176,7 @@ class FusedGroup:
         for t in built:
             self.engine.attach(t.slot, t.modules, t.stream)
             self._trials[t.key] = t
+        self._n_added += len(built)
         return [t.key for t in built]
 
     def remove(self, key: Hashable, *, status: str = PRUNED, error: BaseException | None = None) -> FusedOutcome:
@@ -356,7 +239,7 @@ class FusedGroup:
             t.step_time += seconds
             if not all(bool(torch.isfinite(p).all()) for p in t.trainable):
                 self._leave(t, FAILED, TrainingDiverged(
-                    f"The tuned parameters of {_label(t.selection)} became NaN/Inf at epoch {t.epoch + 1}; lower the "
+                    f"The tuned parameters of {label(t.selection)} became NaN/Inf at epoch {t.epoch + 1}; lower the "
                     f"learning rate (lr={t.spec.lr:g})."))
                 continue
             t.seen += t.count
@@ -372,11 +255,11 @@ class FusedGroup:
                     self._leave(t, PRUNED if isinstance(exc, self.prune_on) else FAILED, exc)
                     continue
             if t.spec.checkpoint is not None:
-                t.spec.checkpoint(self._capture(t))
+                t.spec.checkpoint(trial_state(t, self.partition))
             if t.epoch >= t.spec.epochs:
                 self._leave(t, COMPLETE, None)
 
-    def _step(self, trials: list[_Trial], s: int, step: int) -> None:
+    def _step(self, trials: list[Trial], s: int, step: int) -> None:
         split = self.task.train
         entries = []
         for t in trials:
@@ -399,14 +282,14 @@ class FusedGroup:
         for (t, idx, _), value in zip(entries, values):
             if not math.isfinite(value):
                 self._leave(t, FAILED, TrainingDiverged(
-                    f"The training loss became {value} at epoch {t.epoch + 1} (step {step}) of {_label(t.selection)}; "
+                    f"The training loss became {value} at epoch {t.epoch + 1} (step {step}) of {label(t.selection)}; "
                     f"lower the learning rate (lr={t.spec.lr:g}) or check the inputs."))
                 continue
             t.loss_sum += value * len(idx)
             t.count += len(idx)
 
     @torch.no_grad()
-    def _evaluate(self, trials: list[_Trial]) -> dict[int, float]:
+    def _evaluate(self, trials: list[Trial]) -> dict[int, float]:
         """Validation accuracy of every trial, fused: one pass over the validation rows for the whole group."""
         if not trials:
             return {}
@@ -439,7 +322,7 @@ class FusedGroup:
     def _train_cached(self, boundary: int) -> bool:
         return self._cached("train", boundary)
 
-    def _forward(self, name: str, split: Split, entries: list[tuple[_Trial, torch.Tensor]], *, train: bool,
+    def _forward(self, name: str, split: Split, entries: list[tuple[Trial, torch.Tensor]], *, train: bool,
                  dedupe: bool | None = None) -> tuple[Any, dict[int, tuple[int, int]]]:
         """One fused forward of ``entries`` (trial, rows of ``split``); returns the output and each trial's rows.
 
@@ -522,52 +405,17 @@ class FusedGroup:
             if sel == FULL:
                 raise FusionError("selection='all' (full finetuning) shares no frozen block with other trials; train "
                                   "it with autosub.fit.")
-            key = s.key if s.key is not None else self._next_slot + i
+            key = s.key if s.key is not None else self._n_added + i
             if key in self._trials or key in keys:
                 raise ConfigError(f"Trial key {key!r} is already in the group; give every TrialSpec its own key.")
             keys.append(key)
         return keys
 
-    def _build(self, spec: TrialSpec, key: Hashable) -> _Trial:
-        """A trial's own copies of its tuned modules and head, initialized exactly as ``fit`` initializes them."""
-        sel = normalize_selection(spec.selection, self.partition)
-        work = self.setup.fresh_copy(seed=spec.seed)
-        paths = tuned_modules(sel, self.partition)
-        modules = {p: work.get_submodule(p) for p in paths}
-        del work
-        if self.channels_last:
-            modules = {p: m.to(memory_format=torch.channels_last) for p, m in modules.items()}
-        view = _TrialView(self.trunk, modules)
-        want = trainable_names(sel, self.partition, self.trunk)
-        if view.names != want:
-            extra = sorted(want ^ view.names)[:3]
-            raise FusionError(f"The parameters of {_label(sel)} are not exactly those of its modules {paths} (e.g. "
-                              f"{extra}): a block's parameters must live in its modules to give each trial its own "
-                              "copy. Train it with autosub.fit.")
-        for m in modules.values():
-            for p in m.parameters():
-                p.requires_grad_(True)
-            m.train()
-        groups = param_groups(view, sel, self.partition, lr=spec.lr, weight_decay=spec.weight_decay,
-                              lr_multipliers=spec.lr_multipliers)
-        optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
-        total = spec.epochs * self.steps_per_epoch
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        gen = torch.Generator().manual_seed(spec.seed)
-        stream = RngStream(spec.seed, self.device)
-        slot = self._next_slot
+    def _build(self, spec: TrialSpec, key: Hashable) -> Trial:
+        trial = build_trial(self.setup, self.trunk, spec, key=key, slot=self._next_slot,
+                            steps_per_epoch=self.steps_per_epoch, channels_last=self.channels_last)
         self._next_slot += 1
-        trainable = [p for _, p in view.named_parameters()]
-        t = _Trial(slot=slot, key=key, spec=spec, selection=sel, boundary=first_boundary(sel, self.partition),
-                   modules=modules, view=view, optimizer=optimizer, scheduler=scheduler, gen=gen, stream=stream,
-                   trainable=trainable, n_trainable=sum(p.numel() for p in trainable))
-        if spec.resume is not None:
-            with stream.active():
-                restore(spec.resume, view, sel, self.partition, optimizer, scheduler, gen, epochs=spec.epochs)
-            t.curve, t.losses = list(spec.resume.curve), list(spec.resume.train_loss)
-            t.seen, t.step_time, t.resumed_from = spec.resume.seen, spec.resume.step_time, spec.resume.epoch
-        return t
+        return trial
 
     def _ensure_cache(self, boundaries: set[int]) -> None:
         arg = self._cache_arg
@@ -580,7 +428,7 @@ class FusedGroup:
                                   augmented=self.augmented, progress=self.progress,
                                   cache=self._cache if self._cache is not None else True)
 
-    def _measure(self, t: _Trial) -> MemoryEstimate:
+    def _measure(self, t: Trial) -> MemoryEstimate:
         """Tuned-tensor bytes ×4 (parameter, gradient, two AdamW moments) + buffers, and the activation bytes per row
         autograd saves on a probe forward of this trial alone at 2 and 4 rows (the difference: no fixed costs).
         The probe runs in train mode but leaves no trace: BatchNorm buffers are restored, and the RNG is untouched."""
@@ -625,9 +473,12 @@ class FusedGroup:
         return MemoryEstimate(state_bytes=int(state), activation_bytes_per_row=per_row, batch_size=self.batch_size)
 
     @torch.no_grad()
-    def _verify(self, new: list[_Trial]) -> None:
+    def _verify(self, new: list[Trial]) -> None:
         """Fused outputs (every trial: the active ones and ``new``) equal each new trial's own forward, in eval mode,
-        on distinct validation rows per trial (a misrouted row shows) and on shared rows (forks run)."""
+        on distinct validation rows per trial (a misrouted row shows) and on shared rows (forks run).
+
+        Fresh copies equal the frozen modules, so a row sent through the wrong copy would go unnoticed: for the
+        check, every trial's copies are perturbed (differently per trial) and restored afterwards."""
         everyone = [*self._trials.values(), *new]
         for t in new:
             self.engine.attach(t.slot, t.modules, t.stream)
@@ -635,7 +486,13 @@ class FusedGroup:
         for m in copies:
             m.eval()
         split, r = self.task.val, 3
+        params = [p for m in copies for p in m.parameters()]
+        saved = [p.detach().clone() for p in params]
+        gen = torch.Generator().manual_seed(0)
         try:
+            for p in params:
+                noise = torch.randn(p.shape, generator=gen).to(device=p.device, dtype=p.dtype)
+                p.add_(noise * (0.1 * p.abs().mean() + 1e-2))
             distinct = {t.slot: torch.arange(i * r, (i + 1) * r) % len(split) for i, t in enumerate(everyone)}
             shared = {t.slot: torch.arange(r) % len(split) for t in everyone}
             self._compare(everyone, new, distinct, dedupe=False)
@@ -646,12 +503,14 @@ class FusedGroup:
                     log.info("fused group: identical rows will not be shared (%s)", exc)
                     self.dedupe = False
         finally:
+            for p, v in zip(params, saved):
+                p.copy_(v)
             for t in new:
                 self.engine.detach(t.slot)
             for m in copies:
                 m.train()
 
-    def _compare(self, everyone: list[_Trial], new: list[_Trial], rows: dict[int, torch.Tensor], *,
+    def _compare(self, everyone: list[Trial], new: list[Trial], rows: dict[int, torch.Tensor], *,
                  dedupe: bool) -> None:
         """Raise FusionError unless each new trial's rows of a fused forward of ``everyone`` equal its own forward."""
         split = self.task.val
@@ -670,52 +529,28 @@ class FusedGroup:
             err = (got - want).abs().max().item() if got.shape == want.shape else math.inf
             if not err <= 1e-4 * max(1.0, want.abs().max().item()):
                 raise FusionError(
-                    f"{type(self.setup.model).__name__} cannot train {_label(t.selection)} fused: its fused output "
+                    f"{type(self.setup.model).__name__} cannot train {label(t.selection)} fused: its fused output "
                     f"differs from its own forward by {err:.3g} (a block's modules are not called one after another, "
                     "or a later layer reuses earlier tensors). Train it with autosub.fit (fit_many(..., "
                     "fallback=True) does).")
 
     # -- leaving -------------------------------------------------------------------------------------------------
-    def _copies(self, trials: Iterable[_Trial]) -> list[nn.Module]:
+    def _copies(self, trials: Iterable[Trial]) -> list[nn.Module]:
         return [m for t in trials for m in t.modules.values()]
 
-    def _capture(self, t: _Trial) -> FitState:
-        with t.stream.active():
-            return capture(t.view, t.selection, self.partition, t.optimizer, t.scheduler, t.gen, epoch=t.epoch,
-                           curve=t.curve, train_loss=t.losses, seen=t.seen, step_time=t.step_time)
-
-    def _leave(self, t: _Trial, status: str, error: BaseException | None) -> FusedOutcome:
+    def _leave(self, t: Trial, status: str, error: BaseException | None) -> FusedOutcome:
         self._trials.pop(t.key, None)
         self.engine.detach(t.slot)
-        result = None
-        if t.curve:
-            model = self._materialize(t) if status == COMPLETE and self.keep_models else None
-            result = FitResult(
-                selection=t.selection, score=t.curve[-1], curve=list(t.curve), train_loss=list(t.losses),
-                wall_time=time.perf_counter() - t.started, examples_per_s=t.seen / max(t.step_time, 1e-9),
-                trainable_params=t.n_trainable, epochs=t.spec.epochs,
-                hparams={"lr": t.spec.lr, "weight_decay": t.spec.weight_decay, "batch_size": self.batch_size,
-                         "epochs": t.spec.epochs, "lr_multipliers": dict(t.spec.lr_multipliers or {}),
-                         "seed": t.spec.seed},
-                cached=self._train_cached(t.boundary), model=model, resumed_from=t.resumed_from)
+        model = materialize(self.setup, t, channels_last=self.channels_last) \
+            if status == COMPLETE and self.keep_models and t.curve else None
+        result = trial_result(t, batch_size=self.batch_size, cached=self._train_cached(t.boundary), model=model)
         outcome = FusedOutcome(key=t.key, status=status, result=result, error=error)
         if status != COMPLETE:
-            log.info("fused group: trial %r (%s) left: %s%s", t.key, _label(t.selection), status,
+            log.info("fused group: trial %r (%s) left: %s%s", t.key, label(t.selection), status,
                      f" ({type(error).__name__}: {error})" if error is not None else "")
         t.optimizer.state.clear()
         self._finished.append(outcome)
         return outcome
-
-    def _materialize(self, t: _Trial) -> nn.Module:
-        """The trial's model as ``fit`` returns it: a working copy with the trial's trained modules put in."""
-        work = self.setup.fresh_copy(seed=t.spec.seed)
-        if self.channels_last:
-            work = work.to(memory_format=torch.channels_last)
-        for path, m in t.modules.items():
-            work.set_submodule(path, m)
-        freeze(work, t.selection, self.partition)
-        return work.eval()
-
 
 def fit_many(model: nn.Module, task: Task | Any, specs: Sequence[TrialSpec], *, fallback: bool = False,
              split: bool = False, **group: Any) -> list[FusedOutcome]:
@@ -770,8 +605,6 @@ def _fit_one(model: nn.Module, task: Any, s: TrialSpec, group: Mapping[str, Any]
 
 
 def _with_key(s: TrialSpec, key: Hashable) -> TrialSpec:
-    from dataclasses import replace
-
     return replace(s, key=key)
 
 
@@ -796,7 +629,3 @@ def _default_prune_on() -> tuple[type[BaseException], ...]:
 
 def _mib(n: float) -> str:
     return f"{n / MiB:.1f} MiB"
-
-
-def _label(sel: Selection) -> str:
-    return "full" if sel == FULL else ("probe" if not sel else "blocks " + ",".join(map(str, sel)))
