@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from ..data.task import Split, Task, take, to_device
 from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory
 from ..model.blocks import Partition
-from ..model.splitting import STAND_IN
+from ..model.splitting import STAND_IN, boundary_module
 from ..model.subtune import FULL, normalize_selection
 from .cache import ActivationCache, MemoryBudget, batch_ranges
 from .fused_forward import FusedForward, Join, Segment, cat_inputs
@@ -124,6 +124,7 @@ class FusedGroup:
         self._trials: dict[Hashable, Trial] = {}
         self._finished: list[FusedOutcome] = []
         self._next_slot = 0
+        self._bound: float | None = None
         self._n_added = 0  # default keys: 0, 1, 2, … in the order trials were added
         self._loss = nn.CrossEntropyLoss()
         self.epochs_run = 0
@@ -151,9 +152,14 @@ class FusedGroup:
         keys = self._check_specs(specs)
         built = [self._build(s, k) for s, k in zip(specs, keys)]
         self._ensure_cache({t.boundary for t in built})
-        for t in built:
-            t.memory = self._measure(t)
         room = self.memory_limit - self.memory_used
+        bound = self._activation_bound()
+        for t in built:  # a cheap upper bound first; each trial is measured only when the bound does not fit
+            t.memory = MemoryEstimate(state_bytes=_state_bytes(t), activation_bytes_per_row=bound,
+                                      batch_size=self.batch_size, exact=False)
+        if sum(t.memory.total for t in built) > room:
+            for t in built:
+                t.memory = self._measure(t)
         fit_n, used = 0, 0
         for t in built:
             if used + t.memory.total > room:
@@ -178,6 +184,13 @@ class FusedGroup:
             self._trials[t.key] = t
         self._n_added += len(built)
         return [t.key for t in built]
+
+    def estimate(self, spec: TrialSpec) -> MemoryEstimate:
+        """The measured training memory of ``spec`` in this group (not added): what an engine sizes K with."""
+        (key,) = self._check_specs([replace(spec, key=None)])
+        t = self._build(spec, key)
+        self._ensure_cache({t.boundary})
+        return self._measure(t)
 
     def remove(self, key: Hashable, *, status: str = PRUNED, error: BaseException | None = None) -> FusedOutcome:
         """Take a trial out of the group between epochs (an engine prunes it, or a scheduler stops it)."""
@@ -432,8 +445,7 @@ class FusedGroup:
         """Tuned-tensor bytes ×4 (parameter, gradient, two AdamW moments) + buffers, and the activation bytes per row
         autograd saves on a probe forward of this trial alone at 2 and 4 rows (the difference: no fixed costs).
         The probe runs in train mode but leaves no trace: BatchNorm buffers are restored, and the RNG is untouched."""
-        state = sum(4 * p.numel() * p.element_size() for p in t.trainable)
-        state += sum(b.numel() * b.element_size() for _, b in t.view.named_buffers())
+        state = _state_bytes(t)
         fixed = {x.untyped_storage().data_ptr() for m in (self.trunk, *t.modules.values())
                  for x in (*m.parameters(), *m.buffers())}
         n = len(self.task.train)
@@ -446,18 +458,7 @@ class FusedGroup:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 for k in sizes:
                     seen: dict[int, int] = {}
-
-                    def pack(x: torch.Tensor) -> torch.Tensor:
-                        try:
-                            storage = x.untyped_storage()
-                            ptr = storage.data_ptr()
-                            if ptr not in fixed:
-                                seen[ptr] = storage.nbytes()
-                        except (RuntimeError, NotImplementedError):
-                            pass
-                        return x
-
-                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), \
+                    with torch.autograd.graph.saved_tensors_hooks(_pack_into(seen, fixed), _same), \
                             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                         out, _ = self._forward("train", self.task.train, [(t, torch.arange(k))], train=True)
                     del out
@@ -470,7 +471,40 @@ class FusedGroup:
                     b.copy_(snapshot[name])
         per_row = max(0.0, (saved_bytes[1] - saved_bytes[0]) / max(1, sizes[1] - sizes[0])) if sizes[1] > sizes[0] \
             else saved_bytes[0] / max(1, sizes[0])
-        return MemoryEstimate(state_bytes=int(state), activation_bytes_per_row=per_row, batch_size=self.batch_size)
+        return MemoryEstimate(state_bytes=int(state), activation_bytes_per_row=per_row, batch_size=self.batch_size,
+                              exact=True)
+
+    @torch.no_grad()
+    def _activation_bound(self) -> float:
+        """Activation bytes per row that autograd would save if every block trained (×1.5 for train-mode extras:
+        dropout masks, BatchNorm statistics): no trial saves more. Measured once per group, at 2 and 4 rows."""
+        if self._bound is not None:
+            return self._bound
+        entry = boundary_module(self.trunk, self.partition, 0)
+
+        def grad_from_here(_m: nn.Module, args: tuple, kwargs: dict):
+            mark = lambda a: a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() \
+                else a  # noqa: E731
+            return tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}
+
+        n = len(self.task.train)
+        sizes, saved = [min(2, n), min(4, n)], []
+        handle = entry.register_forward_pre_hook(grad_from_here, with_kwargs=True)
+        try:
+            for k in sizes:
+                seen: dict[int, int] = {}
+                x = to_device(take(self.task.train.inputs, torch.arange(k)), self.device,
+                              channels_last=self.channels_last)
+                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_pack_into(seen, set()), _same), \
+                        torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    out = self.trunk(x)
+                del out
+                saved.append(sum(seen.values()))
+        finally:
+            handle.remove()
+        per_row = (saved[1] - saved[0]) / (sizes[1] - sizes[0]) if sizes[1] > sizes[0] else saved[0] / sizes[0]
+        self._bound = 1.5 * max(0.0, per_row)
+        return self._bound
 
     @torch.no_grad()
     def _verify(self, new: list[Trial]) -> None:
@@ -495,10 +529,16 @@ class FusedGroup:
                 p.add_(noise * (0.1 * p.abs().mean() + 1e-2))
             distinct = {t.slot: torch.arange(i * r, (i + 1) * r) % len(split) for i, t in enumerate(everyone)}
             shared = {t.slot: torch.arange(r) % len(split) for t in everyone}
-            self._compare(everyone, new, distinct, dedupe=False)
+            alone = {}  # each new trial's own forward, on its distinct rows and the shared rows at once
+            for t in new:
+                out, spans = self._forward("val", split, [(t, torch.cat([distinct[t.slot], shared[t.slot]]))],
+                                           train=False, dedupe=False)
+                a0, a1 = spans[t.slot]
+                alone[t.slot] = (out[a0:a0 + r].float(), out[a0 + r:a1].float())
+            self._compare(everyone, new, distinct, {k: v[0] for k, v in alone.items()}, dedupe=False)
             if self.dedupe:
                 try:
-                    self._compare(everyone, new, shared, dedupe=True)
+                    self._compare(everyone, new, shared, {k: v[1] for k, v in alone.items()}, dedupe=True)
                 except FusionError as exc:  # e.g. a text encoder hands every layer a mask made for the input rows
                     log.info("fused group: identical rows will not be shared (%s)", exc)
                     self.dedupe = False
@@ -510,9 +550,9 @@ class FusedGroup:
             for m in copies:
                 m.train()
 
-    def _compare(self, everyone: list[Trial], new: list[Trial], rows: dict[int, torch.Tensor], *,
-                 dedupe: bool) -> None:
-        """Raise FusionError unless each new trial's rows of a fused forward of ``everyone`` equal its own forward."""
+    def _compare(self, everyone: list[Trial], new: list[Trial], rows: dict[int, torch.Tensor],
+                 alone: dict[int, torch.Tensor], *, dedupe: bool) -> None:
+        """Raise FusionError unless each new trial's rows of a fused forward of ``everyone`` equal ``alone``."""
         split = self.task.val
         try:
             out, spans = self._forward("val", split, [(t, rows[t.slot]) for t in everyone], train=False, dedupe=dedupe)
@@ -523,9 +563,8 @@ class FusedGroup:
                               f"failed ({type(exc).__name__}: {exc}). Train them one by one with autosub.fit "
                               "(fit_many(..., fallback=True) does).") from exc
         for t in new:
-            alone, aspans = self._forward("val", split, [(t, rows[t.slot])], train=False, dedupe=False)
             a, b = spans[t.slot]
-            got, want = out[a:b].float(), alone[aspans[t.slot][0]:aspans[t.slot][1]].float()
+            got, want = out[a:b].float(), alone[t.slot]
             err = (got - want).abs().max().item() if got.shape == want.shape else math.inf
             if not err <= 1e-4 * max(1.0, want.abs().max().item()):
                 raise FusionError(
@@ -606,6 +645,31 @@ def _fit_one(model: nn.Module, task: Any, s: TrialSpec, group: Mapping[str, Any]
 
 def _with_key(s: TrialSpec, key: Hashable) -> TrialSpec:
     return replace(s, key=key)
+
+
+def _state_bytes(t: Trial) -> int:
+    """A trial's tensors: parameters, gradients and two AdamW moments per trainable parameter, plus its buffers."""
+    return int(sum(4 * p.numel() * p.element_size() for p in t.trainable)
+               + sum(b.numel() * b.element_size() for _, b in t.view.named_buffers()))
+
+
+def _pack_into(seen: dict[int, int], fixed: set[int]):
+    """A saved-tensors pack hook that records each saved storage's bytes once (parameters in ``fixed`` excluded)."""
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = x.untyped_storage()
+            if storage.data_ptr() not in fixed:
+                seen[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+            pass
+        return x
+
+    return pack
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _default_memory(device: torch.device) -> int:

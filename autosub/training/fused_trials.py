@@ -86,11 +86,14 @@ class FusedOutcome:
 @dataclass
 class MemoryEstimate:
     """Training memory of one trial in a group: its tensors (parameters, gradients, AdamW moments, buffers) and
-    the activations autograd saves for its rows (measured on a probe forward, scaled to the batch size)."""
+    the activations autograd saves for its rows (measured on a probe forward, scaled to the batch size).
+
+    ``exact=False``: the activations are the group's upper bound (every block training), used while it fits."""
 
     state_bytes: int
     activation_bytes_per_row: float
     batch_size: int
+    exact: bool = True
 
     @property
     def total(self) -> int:
