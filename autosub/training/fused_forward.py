@@ -209,80 +209,87 @@ class FusedForward:
             layout[0].grad = True
             return self._tuned(slot, copies[slot], args, kwargs)
         total = sum(s.rows for s in layout)
-        frozen_rows: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
-        tuned_rows: list[tuple[int, int, int]] = []  # (slot, start, stop)
-        plan: list[tuple[tuple[int, ...], bool, int, int, list[int]]] = []
-        start = 0
         grad_on = torch.is_grad_enabled()
-        for seg in layout:
-            stop = start + seg.rows
-            tuned = [m for m in seg.members if m in copies]
+        # one split of every batch-carrying argument into the segments (a single autograd node, not one per slice)
+        pieces_in = _split_in((args, kwargs), total, [s.rows for s in layout])
+        frozen_idx: dict[bool, list[int]] = {True: [], False: []}
+        for i, seg in enumerate(layout):
+            if any(m not in copies for m in seg.members):
+                frozen_idx[seg.grad or not grad_on].append(i)
+        frozen_out: dict[int, Any] = {}  # segment index -> its rows of the frozen module's output
+        for needs_grad, idx in frozen_idx.items():
+            if not idx:
+                continue
+            a, k = _gather(pieces_in, idx, detach=not needs_grad)
+            with contextlib.nullcontext() if needs_grad else torch.no_grad():
+                out = frozen(*a, **k)
+            for i, piece in zip(idx, _split_out(out, [layout[i].rows for i in idx])):
+                frozen_out[i] = piece
+        pieces, new_layout = [], []
+        for i, seg in enumerate(layout):
             rest = tuple(m for m in seg.members if m not in copies)
             if rest:
-                frozen_rows[seg.grad or not grad_on].append((start, stop))
-            tuned_rows.extend((m, start, stop) for m in tuned)
-            plan.append((rest, seg.grad, start, stop, tuned))
-            start = stop
-        outs: dict[Any, Any] = {}
-        for needs_grad, ranges in frozen_rows.items():
-            if not ranges:
-                continue
-            a, k = _rows((args, kwargs), total, ranges, detach=not needs_grad)
-            if needs_grad:
-                outs[needs_grad] = frozen(*a, **k)
-            else:
-                with torch.no_grad():
-                    outs[needs_grad] = frozen(*a, **k)
-        for slot, a0, a1 in tuned_rows:
-            a, k = _rows((args, kwargs), total, [(a0, a1)], detach=False)
-            outs[(slot, a0)] = self._tuned(slot, copies[slot], a, k)
-        offsets = {True: 0, False: 0}
-        sizes = {g: sum(b - a for a, b in r) for g, r in frozen_rows.items()}
-        pieces, new_layout = [], []
-        for rest, grad, a0, a1, tuned in plan:
-            n = a1 - a0
-            if rest:
-                g = grad or not grad_on
-                pieces.append(_slice_out(outs[g], offsets[g], n, sizes[g]))
-                offsets[g] += n
-                new_layout.append(Segment(rest, n, grad))
-            for slot in tuned:
-                pieces.append(outs[(slot, a0)])
-                new_layout.append(Segment((slot,), n, True))
+                pieces.append(frozen_out[i])
+                new_layout.append(Segment(rest, seg.rows, seg.grad))
+            for slot in (m for m in seg.members if m in copies):
+                a, k = _gather(pieces_in, [i], detach=False)
+                pieces.append(self._tuned(slot, copies[slot], a, k))
+                new_layout.append(Segment((slot,), seg.rows, True))
         self.layout = new_layout
         return pieces[0] if len(pieces) == 1 else _cat_out(pieces, [s.rows for s in new_layout])
 
 
 # ------------------------------------------------------------------------------------------- batch plumbing
-def _rows(x: Any, total: int, ranges: list[tuple[int, int]], *, detach: bool) -> Any:
-    """The rows ``ranges`` of every batch-carrying tensor in ``x`` (nested tuples, lists, dicts); others unchanged."""
+class _Pieces(list):
+    """A batch-carrying tensor split into the rows of each segment."""
+
+
+def _split_in(x: Any, total: int, sizes: list[int]) -> Any:
+    """Every batch-carrying tensor in ``x`` (nested tuples, lists, dicts) split by ``sizes``; others unchanged."""
     if isinstance(x, torch.Tensor):
-        if x.dim() == 0 or x.shape[0] != total:
-            return x
-        t = x[ranges[0][0]:ranges[0][1]] if len(ranges) == 1 else torch.cat([x[a:b] for a, b in ranges])
+        return _Pieces(torch.split(x, sizes)) if x.dim() > 0 and x.shape[0] == total else x
+    if isinstance(x, tuple):
+        return tuple(_split_in(v, total, sizes) for v in x)
+    if isinstance(x, list):
+        return [_split_in(v, total, sizes) for v in x]
+    if isinstance(x, dict):
+        return {k: _split_in(v, total, sizes) for k, v in x.items()}
+    return x
+
+
+def _gather(x: Any, idx: list[int], *, detach: bool) -> Any:
+    """The rows of segments ``idx`` of a :func:`_split_in` structure (one piece, or their concatenation)."""
+    if isinstance(x, _Pieces):
+        t = x[idx[0]] if len(idx) == 1 else torch.cat([x[i] for i in idx])
         return t.detach() if detach else t
     if isinstance(x, tuple):
-        return tuple(_rows(v, total, ranges, detach=detach) for v in x)
+        return tuple(_gather(v, idx, detach=detach) for v in x)
     if isinstance(x, list):
-        return [_rows(v, total, ranges, detach=detach) for v in x]
+        return [_gather(v, idx, detach=detach) for v in x]
     if isinstance(x, dict):
-        return {k: _rows(v, total, ranges, detach=detach) for k, v in x.items()}
+        return {k: _gather(v, idx, detach=detach) for k, v in x.items()}
     return x
 
 
-def _slice_out(x: Any, offset: int, n: int, size: int) -> Any:
-    """Rows ``offset:offset+n`` of a module output computed on ``size`` rows (batch-carrying tensors only)."""
+def _split_out(x: Any, sizes: list[int]) -> list[Any]:
+    """A module output computed on ``sum(sizes)`` rows, as one output per segment (batch-carrying tensors split)."""
+    n = len(sizes)
+    if n == 1:
+        return [x]
+    total = sum(sizes)
     if isinstance(x, torch.Tensor):
-        return x[offset:offset + n] if x.dim() > 0 and x.shape[0] == size else x
-    if isinstance(x, tuple):
-        return type(x)(*(_slice_out(v, offset, n, size) for v in x)) if _is_namedtuple(x) else \
-            tuple(_slice_out(v, offset, n, size) for v in x)
-    if isinstance(x, list):
-        return [_slice_out(v, offset, n, size) for v in x]
+        return list(torch.split(x, sizes)) if x.dim() > 0 and x.shape[0] == total else [x] * n
+    if isinstance(x, (tuple, list)):
+        parts = [_split_out(v, sizes) for v in x]
+        rows = [[p[i] for p in parts] for i in range(n)]
+        if _is_namedtuple(x):
+            return [type(x)(*r) for r in rows]
+        return [type(x)(r) if isinstance(x, tuple) else r for r in rows]
     if isinstance(x, dict):
-        return type(x)(**{k: _slice_out(v, offset, n, size) for k, v in x.items()}) if type(x) is not dict else \
-            {k: _slice_out(v, offset, n, size) for k, v in x.items()}
-    return x
+        parts = {k: _split_out(v, sizes) for k, v in x.items()}
+        rows = [{k: p[i] for k, p in parts.items()} for i in range(n)]
+        return rows if type(x) is dict else [type(x)(**r) for r in rows]
+    return [x] * n
 
 
 def _cat_out(pieces: list[Any], rows: list[int]) -> Any:
