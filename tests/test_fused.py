@@ -8,6 +8,8 @@ a model that cannot be fused is refused (or trained one by one) before any train
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -49,6 +51,7 @@ def test_fused_trials_equal_sequential_fits_on_a_cnn(test_resnet, image_task, ca
     want = sequential(test_resnet, image_task, SPECS, batch_size=16, cache=cache)
     part = discover_blocks(want[0].model)
     assert [o.status for o in outcomes] == [COMPLETE] * 3 and [o.key for o in outcomes] == [0, 1, 2]
+    assert all(o.seconds > 0 for o in outcomes)
     for o, w in zip(outcomes, want):
         assert_same_run(o.result, w, part)
     assert outcomes[0].result.model is not outcomes[1].result.model
@@ -134,6 +137,7 @@ def test_a_trial_joins_between_epochs_and_engines_step_the_group(test_resnet, im
     first = TrialSpec((1,), lr=3e-3, epochs=2, seed=0, key="a", callback=lambda e, s: seen.append(("a", e)))
     late = TrialSpec((3,), lr=1e-3, epochs=2, seed=5, key="b", callback=lambda e, s: seen.append(("b", e)))
     group = FusedGroup(test_resnet, image_task, batch_size=16)
+    t0 = time.perf_counter()
     assert group.add(first) == ["a"]
     group.run_epoch()
     assert group.pop_finished() == [] and group.active == ["a"]
@@ -144,6 +148,8 @@ def test_a_trial_joins_between_epochs_and_engines_step_the_group(test_resnet, im
     group.run_epoch()
     done += group.pop_finished()
     assert seen == [("a", 0), ("a", 1), ("b", 0), ("b", 1)] and not group.active
+    # each trial is charged its share of the group's time: the shares add up to (at most) the time spent
+    assert 0 < sum(o.seconds for o in done) <= time.perf_counter() - t0
     want = sequential(test_resnet, image_task, [first, late], batch_size=16)
     part = discover_blocks(want[0].model)
     for o, w in zip(done, want):

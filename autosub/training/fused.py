@@ -149,6 +149,7 @@ class FusedGroup:
         longest prefix that fits is added and the rest are left to the caller (an engine adds them later).
         """
         specs = [specs] if isinstance(specs, TrialSpec) else list(specs)
+        start = time.perf_counter()
         keys = self._check_specs(specs)
         built = [self._build(s, k) for s, k in zip(specs, keys)]
         self._ensure_cache({t.boundary for t in built})
@@ -179,7 +180,9 @@ class FusedGroup:
         built = built[:fit_n]
         if built and self.verify:
             self._verify(built)
+        share = (time.perf_counter() - start) / max(1, len(built))  # copies, cache fill, checks: shared by the new
         for t in built:
+            t.seconds += share
             self.engine.attach(t.slot, t.modules, t.stream)
             self._trials[t.key] = t
         self._n_added += len(built)
@@ -220,6 +223,7 @@ class FusedGroup:
         if not trials:
             return
         n = len(self.task.train)
+        epoch_start, started = time.perf_counter(), list(trials)
         for t in trials:
             t.perm = torch.randperm(n, generator=t.gen)
             t.loss_sum, t.count = 0.0, 0
@@ -271,6 +275,11 @@ class FusedGroup:
                 t.spec.checkpoint(trial_state(t, self.partition))
             if t.epoch >= t.spec.epochs:
                 self._leave(t, COMPLETE, None)
+        share = (time.perf_counter() - epoch_start) / len(started)
+        for t in started:  # the epoch's wall time (training, validation, callbacks), split over its trials
+            t.seconds += share
+            if t.key not in self._trials:
+                self._outcome_of(t).seconds = t.seconds
 
     def _step(self, trials: list[Trial], s: int, step: int) -> None:
         split = self.task.train
@@ -577,13 +586,16 @@ class FusedGroup:
     def _copies(self, trials: Iterable[Trial]) -> list[nn.Module]:
         return [m for t in trials for m in t.modules.values()]
 
+    def _outcome_of(self, t: Trial) -> FusedOutcome:
+        return next(o for o in reversed(self._finished) if o.key == t.key)
+
     def _leave(self, t: Trial, status: str, error: BaseException | None) -> FusedOutcome:
         self._trials.pop(t.key, None)
         self.engine.detach(t.slot)
         model = materialize(self.setup, t, channels_last=self.channels_last) \
             if status == COMPLETE and self.keep_models and t.curve else None
         result = trial_result(t, batch_size=self.batch_size, cached=self._train_cached(t.boundary), model=model)
-        outcome = FusedOutcome(key=t.key, status=status, result=result, error=error)
+        outcome = FusedOutcome(key=t.key, status=status, result=result, error=error, seconds=t.seconds)
         if status != COMPLETE:
             log.info("fused group: trial %r (%s) left: %s%s", t.key, label(t.selection), status,
                      f" ({type(error).__name__}: {error})" if error is not None else "")

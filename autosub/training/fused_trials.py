@@ -70,13 +70,17 @@ class FusedOutcome:
     """How one trial of a group ended: ``status`` complete / pruned / failed / removed, with what it trained.
 
     ``result`` is the trial's :class:`FitResult` (for a pruned or failed trial: the epochs it completed, no model;
-    None if it failed before completing one); ``error`` the exception that ended it, if any.
+    None if it failed before completing one); ``error`` the exception that ended it, if any. ``seconds``: the
+    trial's share of the group's wall time (each epoch's time split over the trials in it, and each ``add``'s over
+    the trials it added), so the outcomes of a group sum to its wall time — what a budget should be charged.
+    ``result.wall_time`` is the time from joining to leaving, which overlaps the other trials'.
     """
 
     key: Hashable
     status: str
     result: FitResult | None
     error: BaseException | None = None
+    seconds: float = 0.0
 
     @property
     def epochs_done(self) -> int:
@@ -147,6 +151,7 @@ class Trial:
     seen: int = 0
     step_time: float = 0.0
     resumed_from: int = 0
+    seconds: float = 0.0  # its share of the group's wall time so far
     started: float = field(default_factory=time.perf_counter)
     # per-epoch scratch
     perm: torch.Tensor | None = None
