@@ -260,3 +260,22 @@ def test_a_fused_profile_scores_every_block_as_separate_runs_do(oracle):
         assert a.scores == pytest.approx(b.scores, abs=1e-9), a.name
         assert a.history.keys() == b.history.keys()
     assert fused.ranking() == plain.ranking() and fused.n_fits == plain.n_fits
+
+
+def test_out_of_memory_fails_every_active_trial_with_advice(test_resnet, image_task):
+    from autosub.errors import TrialOutOfMemory
+
+    group = FusedGroup(test_resnet, image_task, batch_size=16)
+    group.add([TrialSpec((1,), epochs=2), TrialSpec((2,), epochs=2)])
+
+    def oom(module, args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = group.trunk.get_submodule("layer3").register_forward_pre_hook(oom)
+    try:
+        group.run_epoch()
+    finally:
+        handle.remove()
+    done = group.pop_finished()
+    assert [o.status for o in done] == [FAILED, FAILED] and not group.active
+    assert all(isinstance(o.error, TrialOutOfMemory) and "fewer trials per group" in str(o.error) for o in done)

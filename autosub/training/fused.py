@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.task import Split, Task, take, to_device
-from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory
+from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory, check_positive
 from ..model.blocks import Partition
 from ..model.splitting import STAND_IN, boundary_module
 from ..model.subtune import FULL, normalize_selection
@@ -83,7 +83,10 @@ class FusedGroup:
                  budget: MemoryBudget | None = None, memory: int | None = None, seed: int = 0,
                  prune_on: tuple[type[BaseException], ...] | None = None, keep_models: bool = True,
                  eval_batch_size: int = 256, verify: bool = True, progress: bool = False) -> None:
-        validate_hparams(epochs=1, lr=1.0, batch_size=batch_size, weight_decay=0.0)
+        check_positive("batch_size", batch_size, "FusedGroup", integer=True)
+        check_positive("eval_batch_size", eval_batch_size, "FusedGroup", integer=True)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"The 'seed' parameter of FusedGroup must be an int; got {seed!r} instead.")
         if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
             raise ConfigError(f"The 'memory' parameter of FusedGroup must be a positive number of bytes or None; got "
                               f"{memory!r} instead.")
@@ -218,7 +221,10 @@ class FusedGroup:
 
     def run_epoch(self) -> None:
         """One epoch of every active trial (each its own epoch count and schedule), then its validation score,
-        callback and checkpoint. Trials that finish, are pruned or fail leave the group."""
+        callback and checkpoint. Trials that finish, are pruned (their callback raised), diverge or whose checkpoint
+        fails leave the group; running out of device memory fails every active trial (with advice). Any other
+        exception is a bug or a model the group cannot handle and propagates (an engine then fails the group's
+        trials, or retrains them one by one with ``fit``)."""
         trials = list(self._trials.values())
         if not trials:
             return
@@ -240,12 +246,7 @@ class FusedGroup:
                 self._step(trials, s, s // self.batch_size + 1)
                 bar.update(1)
         except torch.cuda.OutOfMemoryError as exc:
-            for t in list(self._trials.values()):
-                self._leave(t, FAILED, TrialOutOfMemory(
-                    f"Out of device memory in a fused step of {len(self._trials)} trials (batch_size="
-                    f"{self.batch_size}): {exc}. Run fewer trials per group (FusedGroup(memory=…)), lower batch_size, "
-                    "or keep the prefix cache off the GPU (MemoryBudget(gpu=0))."))
-            return
+            return self._out_of_memory(exc)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -262,7 +263,10 @@ class FusedGroup:
             t.seen += t.count
             t.losses.append(t.loss_sum / max(1, t.count))
         trials = [t for t in self._trials.values()]
-        scores = self._evaluate(trials)
+        try:
+            scores = self._evaluate(trials)
+        except torch.cuda.OutOfMemoryError as exc:
+            return self._out_of_memory(exc)
         for t in trials:
             t.curve.append(scores[t.slot])
             if t.spec.callback is not None:
@@ -272,7 +276,11 @@ class FusedGroup:
                     self._leave(t, PRUNED if isinstance(exc, self.prune_on) else FAILED, exc)
                     continue
             if t.spec.checkpoint is not None:
-                t.spec.checkpoint(trial_state(t, self.partition))
+                try:
+                    t.spec.checkpoint(trial_state(t, self.partition))
+                except Exception as exc:  # e.g. a full disk: this trial fails, the others go on
+                    self._leave(t, FAILED, exc)
+                    continue
             if t.epoch >= t.spec.epochs:
                 self._leave(t, COMPLETE, None)
         share = (time.perf_counter() - epoch_start) / len(started)
@@ -280,6 +288,14 @@ class FusedGroup:
             t.seconds += share
             if t.key not in self._trials:
                 self._outcome_of(t).seconds = t.seconds
+
+    def _out_of_memory(self, exc: BaseException) -> None:
+        """A fused step or validation ran out of device memory: every active trial fails with advice."""
+        for t in list(self._trials.values()):
+            self._leave(t, FAILED, TrialOutOfMemory(
+                f"Out of device memory in a fused step of {len(self._trials)} trials (batch_size={self.batch_size}): "
+                f"{exc}. Run fewer trials per group (FusedGroup(memory=…)), lower batch_size, or keep the prefix "
+                "cache off the GPU (MemoryBudget(gpu=0))."))
 
     def _step(self, trials: list[Trial], s: int, step: int) -> None:
         split = self.task.train
