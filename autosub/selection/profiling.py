@@ -32,7 +32,8 @@ from ..model.cost import try_count_flops
 from ..model.subtune import FULL, Selection, normalize_blocks
 from ..training.cache import ActivationCache
 from ..training.setup import BlocksSpec, check_task, prepare
-from ..training.trainer import fit
+from ..training.fused import TrialSpec, fit_many
+from ..training.trainer import FitResult, fit
 
 __all__ = ["FIDELITIES", "Profile", "ProfileEntry", "candidates_arg", "halving_rungs", "profile", "rung_lr_scale"]
 
@@ -185,6 +186,7 @@ def profile(
     device: str | torch.device | None = None,
     cache: bool | ActivationCache = True,
     seed: int = 0,
+    fuse: bool | str = "auto",
     progress: bool = True,
 ) -> Profile:
     """Profile every block (or the ``candidates``) of ``model`` on ``task``: mean ± std val score over seeds, cost, size.
@@ -195,9 +197,13 @@ def profile(
     ``fidelity="halving"`` runs successive halving from ``min_epochs`` up to ``epochs`` keeping the best 1/``eta``;
     with ``scale_lr`` a shorter rung trains at a proportionally higher lr (see :func:`rung_lr_scale`).
     ``baselines`` adds the linear probe and full finetuning at ``epochs`` with the same seeds.
+    ``fuse``: train the runs of a rung (every block × seed), of the pairs and of the probe baseline as one fused group
+    (:mod:`autosub.training.fused`: one forward/backward per step for all of them, results equal to separate runs);
+    ``"auto"`` (default) fuses and falls back to separate runs for a model that cannot be fused, ``True`` raises
+    :class:`~autosub.training.fused.FusionError` for one, ``False`` never fuses.
     """
     n_pairs = _check_args(epochs=epochs, seeds=seeds, lr=lr, batch_size=batch_size, pairs=pairs, fidelity=fidelity,
-                          eta=eta, min_epochs=min_epochs, seed=seed)
+                          eta=eta, min_epochs=min_epochs, seed=seed, fuse=fuse)
     blocks, candidates = candidates_arg(blocks, candidates, "profile")
     start = time.perf_counter()
     run = prepare(model, task, blocks=partition if partition is not None else blocks, seed=seed, device=device,
@@ -221,27 +227,50 @@ def profile(
     bar = tqdm(total=total, desc="profile", disable=not progress)
     n_fits = 0
 
-    def run(selection: Selection, n_epochs: int, name: str, run_lr: float = lr) -> ProfileEntry:
-        nonlocal n_fits
-        scores, times, res = [], [], None
-        for s in range(seeds):
-            res = fit(model, view, selection, blocks=part, epochs=n_epochs, lr=run_lr, batch_size=batch_size,
-                      seed=seed + s, device=dev, cache=shared if shared is not None else False, keep_model=False)
-            scores.append(float(res.score))
-            times.append(res.wall_time)
-            n_fits += 1
-            bar.update(1)
+    def entry(selection: Selection, name: str, n_epochs: int, run_lr: float, runs: list[FitResult],
+              seconds: list[float]) -> ProfileEntry:
+        scores = [float(r.score) for r in runs]
         bar.set_postfix(last=f"{name} {np.mean(scores):.3f}")
-        return ProfileEntry(selection=res.selection, name=name, scores=scores, epochs=n_epochs,
-                            wall_time=float(np.mean(times)), trainable_params=res.trainable_params,
-                            fork_cost=flops(res.selection), cached=res.cached, history={n_epochs: scores},
-                            lr=run_lr)
+        return ProfileEntry(selection=runs[-1].selection, name=name, scores=scores, epochs=n_epochs,
+                            wall_time=float(np.mean(seconds)), trainable_params=runs[-1].trainable_params,
+                            fork_cost=flops(runs[-1].selection), cached=runs[-1].cached,
+                            history={n_epochs: scores}, lr=run_lr)
+
+    def run_all(items: list[tuple[Selection, str, float]], n_epochs: int) -> list[ProfileEntry]:
+        """Every item × seed: as one fused group when allowed (and more than one run), else one fit each."""
+        nonlocal n_fits
+        if fuse and seeds * len(items) > 1 and all(sel != FULL for sel, _, _ in items):
+            specs = [TrialSpec(sel, lr=run_lr, epochs=n_epochs, seed=seed + s, key=(i, s))
+                     for i, (sel, _, run_lr) in enumerate(items) for s in range(seeds)]
+            t0 = time.perf_counter()
+            outcomes = fit_many(model, view, specs, blocks=part, batch_size=batch_size, seed=seed, device=dev,
+                                cache=shared if shared is not None else False, keep_models=False, split=True,
+                                fallback=fuse == "auto")
+            share = (time.perf_counter() - t0) / len(specs)  # a fused run's wall time: its share of the group's
+            failed = [o for o in outcomes if o.status != "complete"]
+            if failed:
+                raise failed[0].error or RuntimeError(f"profile run {failed[0].key} did not complete")
+            n_fits += len(specs)
+            bar.update(len(specs))
+            by_key = {o.key: o.result for o in outcomes}
+            return [entry(sel, name, n_epochs, run_lr, [by_key[(i, s)] for s in range(seeds)], [share] * seeds)
+                    for i, (sel, name, run_lr) in enumerate(items)]
+        out = []
+        for sel, name, run_lr in items:
+            runs = []
+            for s in range(seeds):
+                runs.append(fit(model, view, sel, blocks=part, epochs=n_epochs, lr=run_lr, batch_size=batch_size,
+                                seed=seed + s, device=dev, cache=shared if shared is not None else False,
+                                keep_model=False))
+                n_fits += 1
+                bar.update(1)
+            out.append(entry(sel, name, n_epochs, run_lr, runs, [r.wall_time for r in runs]))
+        return out
 
     found: dict[int, ProfileEntry] = {}
     active = list(todo)
     for k, rung in enumerate(rungs):
-        for b in active:
-            e = run((b,), rung, part[b].name, rung_lrs[k])
+        for b, e in zip(active, run_all([((b,), part[b].name, rung_lrs[k]) for b in active], rung)):
             if b in found:
                 e.history = {**found[b].history, **e.history}
             found[b] = e
@@ -251,12 +280,11 @@ def profile(
     result = Profile(entries=[found[b] for b in todo], block_names=list(part.names), version=__version__)
     if pairs:
         among = sorted(todo) if n_pairs is None else sorted(result.ranking()[:n_pairs])
-        for i, a in enumerate(among):
-            for b in among[i + 1:]:
-                result.pairs.append(run((a, b), epochs, f"{part[a].name}+{part[b].name}"))
+        result.pairs = run_all([((a, b), f"{part[a].name}+{part[b].name}", lr) for i, a in enumerate(among)
+                                for b in among[i + 1:]], epochs)
     if baselines:
-        result.baselines[PROBE] = run((), epochs, PROBE)
-        result.baselines[FULL_FT] = run(FULL, epochs, FULL_FT)
+        (result.baselines[PROBE],) = run_all([((), PROBE, lr)], epochs)
+        (result.baselines[FULL_FT],) = run_all([(FULL, FULL_FT, lr)], epochs)
     bar.close()
     result.wall_time = time.perf_counter() - start
     result.cache_time = cache_time
@@ -264,7 +292,7 @@ def profile(
     result.config = {"model": type(model).__name__, "epochs": epochs, "seeds": seeds, "lr": lr,
                      "batch_size": batch_size, "pairs": pairs, "fidelity": fidelity, "eta": eta,
                      "min_epochs": min_epochs, "rungs": rungs, "rung_lrs": rung_lrs, "scale_lr": scale_lr,
-                     "seed": seed, "device": str(dev),
+                     "seed": seed, "device": str(dev), "fuse": fuse,
                      "blocks": list(todo), "cached": shared is not None, "train_size": len(view.train),
                      "val_size": len(view.val)}
     log.info("profile: %d fits in %.1fs (cache fill %.1fs); ranking %s", n_fits, result.wall_time, cache_time,
@@ -323,7 +351,7 @@ def _finite(x: float) -> float:
     return x if x == x else -math.inf
 
 
-def _check_args(*, epochs, seeds, lr, batch_size, pairs, fidelity, eta, min_epochs, seed) -> int | None:
+def _check_args(*, epochs, seeds, lr, batch_size, pairs, fidelity, eta, min_epochs, seed, fuse="auto") -> int | None:
     """Validate profile's options before any work; returns the top-m for pairs (None = all pairs)."""
     check_positive("epochs", epochs, "profile", integer=True)
     check_positive("seeds", seeds, "profile", integer=True)
@@ -339,6 +367,8 @@ def _check_args(*, epochs, seeds, lr, batch_size, pairs, fidelity, eta, min_epoc
         raise ConfigError(f"The 'min_epochs' parameter of profile must be <= epochs ({epochs}); got {min_epochs}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ConfigError(f"The 'seed' parameter of profile must be an int; got {seed!r} instead.")
+    if not (isinstance(fuse, bool) or fuse == "auto"):
+        raise ConfigError(f"The 'fuse' parameter of profile must be True, False or 'auto'; got {fuse!r} instead.")
     if isinstance(pairs, bool):
         return None
     if not isinstance(pairs, (int, np.integer)) or pairs < 2:
