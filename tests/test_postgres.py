@@ -44,11 +44,11 @@ WORKER = textwrap.dedent('''
     t = digits(model=model, image_size=16, samples_per_class=6)
     task = Task(train=t.train, val=Split(t.val.inputs[:60], t.val.targets[:60], name="val"),
                 num_classes=t.num_classes)
-    if kill:  # this worker dies after the first epoch of its second trial, as after an OOM kill
+    if kill:  # this worker dies after the first epoch of its first trial, as after an OOM kill
         real_fit, calls = S.fit, []
         def fit(*a, callback=None, **k):
             calls.append(1)
-            if len(calls) == 2 and callback is not None:
+            if len(calls) == 1 and callback is not None:
                 def dying(epoch, score):
                     callback(epoch, score)
                     os.kill(os.getpid(), signal.SIGKILL)
