@@ -1,6 +1,4 @@
 """``python -m autosub`` runs the ``autosub`` command."""
-import sys
+from .cli.main import console
 
-from .cli import main
-
-sys.exit(main())
+console()

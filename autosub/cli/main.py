@@ -1,104 +1,242 @@
-"""The ``autosub`` command: ``autosub demo`` runs autosub.search end to end on shipped weights and data, offline."""
+"""The ``autosub`` command (and ``python -m autosub``): one subcommand per job, config files, meaningful exit codes.
+
+Each subcommand lives in its own module (``cmd_<name>.py``: ``add_parser(sub)`` + ``run(session)``) and is added by
+one ``_add_<name>`` function here, so a new subcommand (``export``, ``serve-check``, ``bench``) is one function and
+one line in :data:`SUBCOMMANDS`.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
-import time
-from pathlib import Path
+import threading
+import traceback
+from typing import Any, Callable, Sequence
 
-import torch
-from tqdm.auto import tqdm
+from .._version import __version__
+from ..errors import (AutoSubError, BlockDiscoveryError, ConfigError, DataError, MissingDependencyError,
+                      WeightsError)
+from .common import Session
+from .options import apply_config, check_required, load_config
 
 from .bench import add_bench_parser
 from .deploy import add_parsers as add_deploy_parsers
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CRASH", "EXIT_INTERRUPTED", "EXIT_MISSING_DEPENDENCY", "EXIT_OK", "SUBCOMMANDS",
+           "build_parser", "console", "exit_code", "main", "parse_args"]
+
+EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES_SHORT = (f"\nexit codes: {EXIT_OK} ok, {EXIT_CRASH} crash, {EXIT_BAD_INPUT} bad input (before any work), "
+                    f"{EXIT_MISSING_DEPENDENCY} missing optional dependency, {EXIT_INTERRUPTED} interrupted "
+                    "(see autosub --help)\n")
+BAD_INPUT = (ConfigError, DataError, BlockDiscoveryError, WeightsError)
+
+EPILOG = f"""examples:
+  autosub demo                                              # the whole job on shipped weights + data, offline
+  autosub profile --model efficientnet_lite0 --data mnist --samples-per-class 50
+  autosub search  --model resnet50 --weights resnet50.safetensors --data ./images --trials 30 --baselines
+  autosub search  --config run.toml --backend ray --address auto
+  autosub resume  autosub-runs/search-20250101-120000        # after Ctrl-C
+  autosub report  autosub-runs/search-20250101-120000        # -> RUN_DIR/report.html
+  autosub <command> --help                                  # every option of one command
+
+config files: --config run.toml (or .yaml with PyYAML, or .json) holds the same options as the flags, as
+  `option-name = value` (e.g. model = "efficientnet_lite0", samples-per-class = 50); flags given on the command
+  line win. Every run writes its resolved config to RUN_DIR/config.toml and its command line to RUN_DIR/command.txt.
+
+exit codes:
+  {EXIT_OK}    success
+  {EXIT_CRASH}    a crash (a bug, or a failure while running: the traceback is printed)
+  {EXIT_BAD_INPUT}    bad input, found before any work: a wrong flag or config key, a missing file, data or weights
+       that do not fit the model, a block override that matches nothing
+  {EXIT_MISSING_DEPENDENCY}    an optional dependency is missing (the message names what to pip install)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a search keeps its finished trials: `autosub resume RUN_DIR` continues it
+"""
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """autosub's main job on shipped data: EfficientNet-Lite0 (ImageNet weights) → MNIST in low data.
+# ---------------------------------------------------------------------------------------------- subcommands
+def _add_demo(sub: Any) -> None:
+    from . import cmd_demo
 
-    ``autosub.search`` picks which blocks to tune and their learning rate within a trial budget; the linear probe
-    and full finetuning, trained the same way, are the baselines. The test split is read only for the final table.
-    """
-    from ..data import datasets
-    from ..model import zoo
-    from ..model.blocks import discover_blocks
-    from ..hpo.searching import search
-    from ..hpo.budget import Budget
-    from ..hpo.config import RunConfig, TrainingConfig
-    from ..training.trainer import evaluate, fit
+    cmd_demo.add_parser(sub)
 
-    torch.manual_seed(args.seed)
-    model = zoo.efficientnet_lite0()
-    part = discover_blocks(model)
-    task = datasets.mnist(model=model, image_size=args.image_size, samples_per_class=args.samples_per_class,
-                          val_fraction=0.1, seed=args.seed)
-    print(f"EfficientNet-Lite0 (ImageNet weights, {len(part)} blocks) -> MNIST digits, "
-          f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test examples at {args.image_size}px, "
-          f"{args.epochs} epochs per run")
-    start = time.perf_counter()
-    rows = []
-    for label, sel in tqdm([("linear probe", ()), ("full finetuning", "all")], desc="baselines", unit="run"):
-        res = fit(model, task, sel, partition=part, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                  seed=args.seed)
-        rows.append((label, res.trainable_params, res.score, evaluate(res.model, task.test), res.wall_time))
-    t0 = time.perf_counter()
-    run_dir = Path(args.run_dir) if args.run_dir else Path("autosub-runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    result = search(model, task, Budget(trials=args.trials), epochs=args.epochs, seed=args.seed,
-                    training=TrainingConfig(batch_size=args.batch_size), run=RunConfig(run_dir=run_dir))
-    best = next(r for r in result.records if r.number == result.best_trial)
-    rows.append((f"autosub.search: blocks {', '.join(map(str, result.selection))}",
-                 int(best.user_attrs.get("trainable_params", 0)), result.score, result.test_score,
-                 time.perf_counter() - t0))
-    print(f"\n{'selection':<34} {'trainable':>10} {'val acc':>8} {'test acc':>9} {'time':>7}")
-    for label, params, val, test, secs in rows:
-        print(f"{label:<34} {params:>10,} {val:>8.3f} {test:>9.3f} {secs:>6.1f}s")
-    names = ", ".join(part[b].name for b in result.selection)
-    profiled = sum(r.user_attrs.get("proposed_by") == "profile" for r in result.records)
-    print(f"\nautosub.search chose {names} at lr {result.hparams['lr']:.2g}: {len(result.records) - profiled} trials "
-          f"(stopped by {result.spent['stop_reason']}) after a one-epoch profile of all {profiled} blocks (its prior), "
-          f"both inside the search time.\nEvidence: {result.save(run_dir / 'result')} (autosub.json, "
-          f"tuned.safetensors, trials.csv); the study opens with `{result.dashboard_command}`.")
-    print(f"total {time.perf_counter() - start:.0f}s. The test split was read only for this final table.")
-    return 0
+
+def _add_profile(sub: Any) -> None:
+    from . import cmd_profile
+
+    cmd_profile.add_parser(sub)
+
+
+def _add_greedy(sub: Any) -> None:
+    from . import cmd_greedy
+
+    cmd_greedy.add_parser(sub)
+
+
+def _add_search(sub: Any) -> None:
+    from . import cmd_search
+
+    cmd_search.add_parser(sub)
+
+
+def _add_predict(sub: Any) -> None:
+    from . import cmd_predict
+
+    cmd_predict.add_parser(sub)
+
+
+def _add_report(sub: Any) -> None:
+    from . import cmd_report
+
+    cmd_report.add_parser(sub)
+
+
+def _add_resume(sub: Any) -> None:
+    from . import cmd_resume
+
+    cmd_resume.add_parser(sub)
+
+
+#: One function per subcommand, in the order ``--help`` lists them (export / serve-check: the deploy branch).
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_profile, _add_greedy, _add_search, _add_predict,
+                                                   _add_report, _add_resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand (kept in one place so ``--help`` documents them all)."""
-    parser = argparse.ArgumentParser(prog="autosub", description="Automated SubTuning.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="autosub.search on shipped EfficientNet-Lite0 weights and real MNIST, "
-                                         "offline, against the linear probe and full finetuning")
-    demo.add_argument("--samples-per-class", type=int, default=50, help="training examples per digit (low data)")
-    demo.add_argument("--image-size", type=int, default=32)
-    demo.add_argument("--epochs", type=int, default=5)
-    demo.add_argument("--lr", type=float, default=1e-3)
-    demo.add_argument("--batch-size", type=int, default=32)
-    demo.add_argument("--trials", type=int, default=8, help="the search's trial budget")
-    demo.add_argument("--run-dir", default=None, help="where the study and the result go "
-                      "(default autosub-runs/demo-<time>)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
-    add_deploy_parsers(sub)  # export, serve-check
-    add_bench_parser(sub)  # bench
+    """The parser of every subcommand (``autosub --help`` lists them; ``autosub CMD --help`` documents one)."""
+    parser = argparse.ArgumentParser(
+        prog="autosub", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Automated SubTuning: find which blocks of a pretrained network to finetune (and with which "
+                    "learning rate) for your task, for far less compute than finetuning it all.")
+    parser.add_argument("--version", action="version", version=f"autosub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (*SUBCOMMANDS, add_deploy_parsers, add_bench_parser):  # + export, serve-check; bench
+        add(sub)
+    for child in sub.choices.values():  # every subcommand's --help ends with the exit codes
+        child.epilog = (child.epilog or "") + EXIT_CODES_SHORT
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``autosub`` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ..errors import AutoSubError
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config FILE`` its values become the subcommand's defaults (flags win)."""
+    args = parser.parse_args(list(argv))
+    sub: argparse.ArgumentParser = args.parser
+    if getattr(args, "config", None):
+        apply_config(sub, args.command, load_config(args.config), args.config)
+        args = parser.parse_args(list(argv))
+    check_required(sub, args.command, args)
+    return args
 
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code of an exception (see ``autosub --help``)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, MissingDependencyError):
+        return EXIT_MISSING_DEPENDENCY
+    if isinstance(exc, BAD_INPUT):
+        return EXIT_BAD_INPUT
+    return EXIT_CRASH
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    verbose = 0 if args.quiet else args.verbose
+    logging.basicConfig(level=logging.INFO if verbose >= 2 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("autosub").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else
+                                          logging.WARNING)
+    if "optuna" in sys.modules or args.command in ("search", "demo", "resume"):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.INFO if verbose >= 2 else optuna.logging.WARNING)
+        for handler in logging.getLogger("optuna").handlers:  # Ctrl-C is reported once, by autosub, without a trace
+            if not any(isinstance(f, _NoInterruptTraces) for f in handler.filters):
+                handler.addFilter(_NoInterruptTraces())
+
+
+class _NoInterruptTraces(logging.Filter):
+    """Drops log records that carry a KeyboardInterrupt traceback (Optuna logs the interrupted trial with one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, KeyboardInterrupt)
+
+
+def _emit_error(args_json: bool, code: int, kind: str, message: str, **extra: Any) -> int:
+    print(f"autosub: error: {message}" if code != EXIT_INTERRUPTED else f"autosub: {message}", file=sys.stderr)
+    if args_json:
+        print(json.dumps({"ok": False, "exit_code": code, "error": kind, "message": message, **extra}, sort_keys=True))
+    return code
+
+
+def _interrupted(session: Session) -> int:
+    from ..report import rundir
+
+    path, cmd = session.run_dir, session.args.command
+    if path is not None and (path / rundir.CONFIG).is_file() and session.resumable:
+        msg = (f"interrupted. Every finished trial is kept in the run's study; continue with:\n"
+               f"  autosub resume {path}")
+        return _emit_error(session.args.json, EXIT_INTERRUPTED, "interrupted", msg, resume=f"autosub resume {path}")
+    if path is not None and (path / rundir.CONFIG).is_file():
+        again = f"autosub {cmd} --config {path / rundir.CONFIG} --run-dir NEW_DIR"
+        msg = f"interrupted. `autosub {cmd}` saves its result when it finishes; run it again with:\n  {again}"
+        return _emit_error(session.args.json, EXIT_INTERRUPTED, "interrupted", msg, rerun=again)
+    return _emit_error(session.args.json, EXIT_INTERRUPTED, "interrupted", "interrupted before the run began.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``autosub`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    want_json = "--json" in argv
     try:
-        return args.func(args)
+        args = parse_args(parser, argv)
+    except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    except AutoSubError as exc:  # a bad --config file
+        return _emit_error(want_json, exit_code(exc), type(exc).__name__, str(exc))
+    _configure_logging(args)
+    session = Session(args=args, argv=argv, parser=args.parser)
+    try:
+        summary = args.func(session)
+    except KeyboardInterrupt:
+        return _interrupted(session)
     except AutoSubError as exc:
-        print(f"autosub: error: {exc}", file=sys.stderr)
-        return 2
+        code = exit_code(exc)
+        if code == EXIT_BAD_INPUT:
+            session.discard()
+        return _emit_error(args.json, code, type(exc).__name__, str(exc))
+    except Exception as exc:  # a crash: show where, then the one-line reason
+        traceback.print_exc()
+        return _emit_error(args.json, EXIT_CRASH, type(exc).__name__, f"{type(exc).__name__}: {exc} (a crash: "
+                           "please report it with the traceback above)")
+    if args.json:
+        from .._io import dumps
+
+        print(dumps({"ok": True, **summary}, indent=None))
+    return EXIT_OK
+
+
+def console() -> None:
+    """The console script (``autosub``, ``python -m autosub``): :func:`main`, then exit with its code.
+
+    A library may leave a non-daemon thread behind when Ctrl-C lands at the wrong moment (Optuna's trial heartbeat,
+    started just as the interrupt arrived, waits forever); the process must still end. Everything the run wrote is
+    complete by then (atomic files, committed study), so after a short grace period the process exits without
+    waiting for such threads.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stray = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    for t in stray:
+        t.join(timeout=1.0)
+    if any(t.is_alive() for t in stray):
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
