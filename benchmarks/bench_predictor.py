@@ -2,7 +2,7 @@
 
 For every (model, dataset) pair of ``autosub/selection/corpus/``, the predictor is fitted on the *other* pairs'
 entries and scores the held-out pair's blocks; each single statistic (``rgn``, ``fisher``, ``snip``, ``synflow``,
-``cka``, ``logme``, ``hscore``, ``lp``, ``spectrum``, ``depth``, ``params``, plus ``flops``) ranks the blocks on its
+``cka``, ``logme``, ``hscore``, ``lp``, ``spectrum``, ``depth``, ``params``, plus ``flops``, ``reshapes``) ranks the blocks on its
 own, with its direction (higher or lower = better) chosen on the same training pairs — the strongest fair version of
 each peer. Per held-out entry: Spearman with the measured block scores; top-1 hit = the predicted best block is a
 measured best block; top-3 hit = the predicted best block is among the measured top 3. Means over entries.
@@ -27,11 +27,12 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
-from autosub.selection.predictor import BLOCK_FEATURES, LayerPredictor, load_corpus  # noqa: E402
+from autosub.selection.predictor import BLOCK_FEATURES, LayerPredictor, directions, load_corpus  # noqa: E402
 from autosub.selection.profiling import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SINGLE = ("rgn", "fisher", "snip", "synflow", "cka", "logme", "hscore", "lp", "spectrum", "depth", "params", "flops")
+SINGLE = ("rgn", "fisher", "snip", "synflow", "cka", "logme", "hscore", "lp", "spectrum", "depth", "params", "flops",
+          "reshapes")
 VARIANTS = {"predictor": {}, "predictor_ridge": {"estimator": "ridge"},
             "predictor_pairwise": {"estimator": "pairwise"}, "predictor_rank_target": {"target": "rank"}}
 
@@ -54,8 +55,7 @@ def evaluate(entries, methods: dict) -> dict:
         for name, spec in methods.items():
             if spec[0] == "stat":
                 stat = spec[1]
-                rho = [spearmanr(e.stats.values[stat], e.scores).statistic for e in train]
-                sign = 1.0 if np.nanmean(rho) >= 0 else -1.0
+                sign = directions(train, [stat])[stat]
                 signs[stat].append(sign)
                 preds = [sign * np.asarray(e.stats.values[stat], dtype=float) for e in held]
             else:

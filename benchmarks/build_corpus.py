@@ -20,6 +20,8 @@ threads were 2–8× slower per step than one).
     PYTHONPATH=. python benchmarks/build_corpus.py                 # the shipped corpus (≤ 40 min here)
     PYTHONPATH=. python benchmarks/build_corpus.py --quick         # 2 small entries into /tmp (a smoke test)
     PYTHONPATH=. python benchmarks/build_corpus.py --stats-only    # recompute the statistics only
+    PYTHONPATH=. python benchmarks/build_corpus.py --profile-seed 1 --out benchmarks/results/corpus_seed1 \
+        --only lite0__mnist__s20,mnv2__animals__s20,...             # a second seed: the noise ceiling
 """
 from __future__ import annotations
 
@@ -101,8 +103,11 @@ def cap_val(task: Task, cap: int, seed: int) -> Task:
     return task
 
 
-def run_entry(entry: dict, model: Any, *, stats_only: bool, previous: dict | None) -> dict:
-    """Statistics (timed) then the profile (timed) of one entry; with ``stats_only`` the profile is kept."""
+def run_entry(entry: dict, model: Any, *, stats_only: bool, previous: dict | None, profile_seed: int = 0) -> dict:
+    """Statistics (timed) then the profile (timed) of one entry; with ``stats_only`` the profile is kept.
+
+    ``profile_seed`` changes only the training randomness of the profile (head init, batch order), not the data.
+    """
     task = make_task(entry, model)
     t0, c0 = time.perf_counter(), time.process_time()
     stats = block_stats(model, task, seed=0)
@@ -111,14 +116,14 @@ def run_entry(entry: dict, model: Any, *, stats_only: bool, previous: dict | Non
     if not stats_only:
         t0, c0 = time.perf_counter(), time.process_time()
         prof = autosub.profile(model, task, epochs=EPOCHS, seeds=1, lr=entry["lr"], batch_size=BATCH,
-                               fidelity="full", baselines=True, seed=0, progress=False)
+                               fidelity="full", baselines=True, seed=profile_seed, progress=False)
         record.update(profile=prof.to_dict(), profile_wall=time.perf_counter() - t0,
                       profile_cpu=time.process_time() - c0)
     record.update({k: entry[k] for k in ("id", "model", "dataset", "variant", "kind", "lr")},
                   options={k: (list(v) if isinstance(v, tuple) else v) for k, v in entry["options"].items()},
                   stats=stats.to_dict(), stats_wall=stats_wall, stats_cpu=stats_cpu,
                   n_train=len(task.train), n_val=len(task.val), num_classes=task.num_classes,
-                  epochs=EPOCHS, batch_size=BATCH, autosub_version=autosub.__version__)
+                  epochs=EPOCHS, batch_size=BATCH, profile_seed=profile_seed, autosub_version=autosub.__version__)
     return record
 
 
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stats-only", action="store_true", help="recompute the statistics of the entries on disk")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="start no new entry after this long")
     ap.add_argument("--only", default=None, help="comma-separated entry ids (default: all)")
+    ap.add_argument("--profile-seed", type=int, default=0,
+                    help="training seed of the profiles (another seed into another --out measures the noise ceiling)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = args.out or (Path("/tmp/autosub-corpus-quick") if args.quick else CORPUS)
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if entry["model"] not in models:
             models = {entry["model"]: MODELS[entry["model"]]()}  # one model in memory at a time
         t0 = time.perf_counter()
-        record = run_entry(entry, models[entry["model"]], stats_only=args.stats_only, previous=previous)
+        record = run_entry(entry, models[entry["model"]], stats_only=args.stats_only, previous=previous,
+                           profile_seed=args.profile_seed)
         record.update(machine=describe_machine(), command=command)
         write_json(record, path)
         done.append(entry["id"])
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": command, "machine": describe_machine(), "wall_time_s": wall, "built": done,
                "skipped_existing": skipped, "stats_only": args.stats_only, "corpus": str(out),
                "n_entries_on_disk": len(list(out.glob("*.json")))}
-    if not args.quick:
+    if not args.quick and args.out is None:
         log = RESULTS / "corpus_build.json"
         history = json.loads(log.read_text()).get("runs", []) if log.exists() else []
         write_json({"runs": [*history, summary]}, log)

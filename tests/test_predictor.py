@@ -169,7 +169,7 @@ def test_predict_blocks_on_a_model_never_reads_test(image_task, fake_corpus):
     task = copy.copy(image_task)
     task.test = Forbidden()
     predictor = LayerPredictor(estimator="ridge").fit(*zip(*fake_corpus))
-    pred = predict_blocks(model, task, predictor=predictor, batches=1, batch_size=16)
+    pred = predict_blocks(model, task, predictor=predictor, examples=16, grad_examples=16)
     assert isinstance(pred, BlockPrediction) and pred.scores.shape == (4,)
     assert sorted(pred.ranking()) == [0, 1, 2, 3] and pred.scores[pred.ranking()[0]] == pred.scores.max()
     assert pred.as_prior() == {i: float(s) for i, s in enumerate(pred.scores)}
@@ -184,6 +184,23 @@ def test_predict_blocks_with_the_shipped_predictor(image_task):
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, zero_init_last=False).eval()
-    a = predict_blocks(model, image_task, batches=1, batch_size=16, seed=3)
-    b = predict_blocks(model, image_task, batches=1, batch_size=16, seed=3)
+    a = predict_blocks(model, image_task, examples=16, grad_examples=16, seed=3)
+    b = predict_blocks(model, image_task, examples=16, grad_examples=16, seed=3)
     assert np.array_equal(a.scores, b.scores) and np.isfinite(a.scores).all()
+
+
+def test_single_statistic_scores_and_directions(fake_corpus):
+    from autosub.selection.predictor import CorpusEntry, directions, statistic_scores
+
+    entries = [CorpusEntry(id=f"e{i}", model="m", dataset=f"d{i}", variant="v", kind="image", stats=s,
+                           scores=np.asarray(y)) for i, (s, y) in enumerate(fake_corpus)]
+    found = directions(entries, ["lp", "cka"])
+    assert found == {"lp": 1.0, "cka": -1.0}  # the hidden rule: high lp and low cka are good
+    stats = fake_corpus[0][0]
+    up = statistic_scores(stats, "cka", direction=1)
+    down = statistic_scores(stats, "cka", direction=-1)
+    assert list(up) == list(range(len(stats))) and all(up[b] == -down[b] for b in up)
+    with pytest.raises(ConfigError, match="Unknown statistic"):
+        statistic_scores(stats, "nope", direction=1)
+    with pytest.raises(ConfigError, match="'direction'"):
+        statistic_scores(stats, "cka", direction=0.5)

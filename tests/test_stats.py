@@ -117,7 +117,7 @@ def resnet():
 
 @pytest.fixture(scope="module")
 def tiny_stats(resnet, image_task):
-    return block_stats(resnet, image_task, batches=2, grad_batches=1, batch_size=16)
+    return block_stats(resnet, image_task, examples=32, grad_examples=16)
 
 
 def test_block_stats_shapes_finite_and_depth(tiny_stats, resnet):
@@ -136,7 +136,7 @@ def test_block_stats_shapes_finite_and_depth(tiny_stats, resnet):
 
 def test_block_stats_is_deterministic_and_leaves_the_model_alone(tiny_stats, resnet, image_task):
     before = copy.deepcopy(resnet.state_dict())
-    again = block_stats(resnet, image_task, batches=2, grad_batches=1, batch_size=16)
+    again = block_stats(resnet, image_task, examples=32, grad_examples=16)
     assert again.values == tiny_stats.values
     assert all(torch.equal(before[k], v) for k, v in resnet.state_dict().items())
     assert all(p.grad is None for p in resnet.parameters())
@@ -159,15 +159,17 @@ def test_block_stats_never_reads_the_test_split(resnet, image_task):
 
     task = copy.copy(image_task)
     task.test = Forbidden()
-    stats = block_stats(resnet, task, batches=1, batch_size=8)
+    stats = block_stats(resnet, task, examples=8, grad_examples=8)
     assert len(stats) > 0
 
 
 def test_block_stats_rejects_bad_arguments_before_work(resnet, image_task):
-    with pytest.raises(ConfigError, match="'batches'"):
-        block_stats(resnet, image_task, batches=0)
+    with pytest.raises(ConfigError, match="'examples'"):
+        block_stats(resnet, image_task, examples=0)
     with pytest.raises(ConfigError, match="'batch_size'"):
         block_stats(resnet, image_task, batch_size=1)
+    with pytest.raises(ConfigError, match="'grad_examples'"):
+        block_stats(resnet, image_task, examples=16, grad_examples=32)
     with pytest.raises(ConfigError, match="Task"):
         block_stats(resnet, (np.zeros((4, 3)), np.zeros(4)))
 
@@ -180,7 +182,7 @@ def test_a_reinitialized_block_stands_out():
 
     model = zoo.efficientnet_lite0()
     task = datasets.digits(model=model, image_size=32, samples_per_class=10)
-    base = block_stats(model, task, batches=2, grad_batches=1)
+    base = block_stats(model, task, examples=64, grad_examples=16)
     broken = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -189,7 +191,7 @@ def test_a_reinitialized_block_stands_out():
                 if isinstance(mod, torch.nn.Conv2d):
                     w = torch.randn(mod.weight.shape, generator=gen)
                     mod.weight.copy_(w * mod.weight.norm() / w.norm())
-    hit = block_stats(broken, task, batches=2, grad_batches=1)
+    hit = block_stats(broken, task, examples=64, grad_examples=16)
     spectrum = np.array(hit.values["spectrum"])
     assert int(np.argmin(spectrum)) == 8 and int(np.argmin(base.values["spectrum"])) != 8
     assert hit.values["logme"][8] < base.values["logme"][8] - 0.02

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -30,8 +30,9 @@ from sklearn.exceptions import NotFittedError
 from ..errors import ConfigError, DataError
 from .stats import STATS, BlockStats, block_stats
 
-__all__ = ["BLOCK_FEATURES", "TASK_FEATURES", "BlockPrediction", "CorpusEntry", "LayerPredictor",
-           "PredictorNotFittedError", "feature_matrix", "load_corpus", "normalize_scores", "predict_blocks"]
+__all__ = ["BLOCK_FEATURES", "TASK_FEATURES", "BlockPrediction", "corpus_directions", "CorpusEntry", "directions",
+           "feature_matrix", "LayerPredictor", "load_corpus", "normalize_scores", "predict_blocks",
+           "PredictorNotFittedError", "statistic_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ def load_corpus(path: str | Path | None = None) -> list[CorpusEntry]:
             continue
         by_block = {int(e["selection"][0]): float(e["mean"]) for e in d["profile"]["entries"]}
         stats = BlockStats.from_dict(d["stats"])
+        missing = [k for k in STATS if k not in stats.values]
+        if missing:
+            log.warning("load_corpus: %s lacks statistics %s (built by an older stats.py; rebuild it with "
+                        "benchmarks/build_corpus.py --stats-only); skipped", f.name, missing)
+            continue
         if sorted(by_block) != list(range(len(stats))):
             log.warning("load_corpus: %s profiles blocks %s of %d; skipped", f.name, sorted(by_block), len(stats))
             continue
@@ -301,6 +307,42 @@ def _default_predictor() -> LayerPredictor:
     return predictor
 
 
+def directions(entries: Sequence[CorpusEntry], names: Sequence[str] = STATS) -> dict[str, float]:
+    """+1 where a statistic's mean within-task Spearman with the measured scores is ≥ 0 on ``entries``, else −1."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for name in names:
+        rhos = [spearmanr(e.stats.values[name], e.scores).statistic for e in entries]
+        out[name] = 1.0 if not np.all(np.isnan(rhos)) and np.nanmean(rhos) >= 0 else -1.0
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_directions() -> tuple[tuple[str, float], ...]:
+    return tuple(directions(load_corpus()).items())
+
+
+def corpus_directions() -> dict[str, float]:
+    """Which way each single statistic points on the shipped corpus (+1: higher = better block to tune)."""
+    return dict(_shipped_directions())
+
+
+def statistic_scores(stats: BlockStats, name: str, *, direction: float | None = None) -> dict[int, float]:
+    """``{block: score}`` from one statistic alone — the peers' selectors (``"rgn"``, ``"cka"``, ``"logme"`` …).
+
+    ``direction`` (+1 / −1) says whether higher values mean a better block; by default the direction the statistic
+    has on the shipped corpus (:func:`corpus_directions`), so each peer runs in its better orientation.
+    """
+    if name not in stats.values:
+        raise ConfigError(f"Unknown statistic {name!r}; choose one of {list(stats.values)}.")
+    if direction is None:
+        direction = corpus_directions()[name]
+    elif direction not in (1, -1, 1.0, -1.0):
+        raise ConfigError(f"The 'direction' parameter of statistic_scores must be +1 or -1; got {direction!r}.")
+    return {i: float(direction) * float(v) for i, v in enumerate(stats.values[name])}
+
+
 # ---------------------------------------------------------------------------------------------- prediction
 @dataclass
 class BlockPrediction:
@@ -328,8 +370,8 @@ class BlockPrediction:
 
 
 def predict_blocks(model: Any, task: Any, *, partition: Any = None, seed: int = 0,
-                   predictor: LayerPredictor | None = None, batches: int = 4, batch_size: int = 32,
-                   device: Any = None) -> BlockPrediction:
+                   predictor: LayerPredictor | None = None, examples: int = 128, grad_examples: int = 32,
+                   batch_size: int = 16, device: Any = None) -> BlockPrediction:
     """Predict which blocks of ``model`` are best to finetune on ``task``, with no training (seconds).
 
     Computes :func:`~autosub.selection.stats.block_stats` on a few batches of ``task.train`` (never the test split)
@@ -339,8 +381,8 @@ def predict_blocks(model: Any, task: Any, *, partition: Any = None, seed: int = 
         raise ConfigError(f"The 'predictor' parameter of predict_blocks must be a LayerPredictor or None; got "
                           f"{type(predictor).__name__} instead.")
     t0 = time.perf_counter()
-    stats = block_stats(model, task, partition=partition, batches=batches, batch_size=batch_size, seed=seed,
-                        device=device)
+    stats = block_stats(model, task, partition=partition, examples=examples, grad_examples=grad_examples,
+                        batch_size=batch_size, seed=seed, device=device)
     fitted = predictor if predictor is not None else _default_predictor()
     scores = np.asarray(fitted.predict(stats), dtype=float)
     return BlockPrediction(scores=scores, block_names=list(stats.block_names), block_stats=stats,

@@ -90,15 +90,15 @@ class BlockStats:
                    wall_time=float(d.get("wall_time", 0.0)))
 
 
-def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = None, batches: int = 4,
-                grad_batches: int = 2, batch_size: int = 32, seed: int = 0,
+def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = None, examples: int = 128,
+                grad_examples: int = 32, batch_size: int = 16, seed: int = 0,
                 device: str | torch.device | None = None) -> BlockStats:
-    """Compute every statistic of :data:`STATS` for each block of ``model`` on ``batches`` batches of train.
+    """Compute every statistic of :data:`STATS` for each block of ``model`` on ``examples`` training examples.
 
-    The gradient statistics use the first ``grad_batches`` of them (one forward/backward each); the feature
-    statistics use all (the others run forward only). The model is copied and given a fresh ``seed``-ed head (the
-    caller's model is untouched); its blocks are discovered on that copy unless ``partition`` is given. The same
-    seed on the same CPU gives the same numbers.
+    The gradient statistics use the first ``grad_examples`` of them (forward/backward in batches of ``batch_size``);
+    the feature statistics use all (the rest run forward only). The model is copied and given a fresh ``seed``-ed
+    head (the caller's model is untouched); its blocks are discovered on that copy unless ``partition`` is given.
+    The same seed on the same CPU gives the same numbers.
     """
     from ..training.trainer import check_task, resolve_device
     from .profiling import selection_view
@@ -106,11 +106,13 @@ def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = N
     if not isinstance(task, Task):
         raise ConfigError(f"The 'task' parameter of block_stats must be an autosub Task; got {type(task).__name__} "
                           "instead. Build one with autosub.as_task(X, y).")
-    check_positive("batches", batches, "block_stats", integer=True)
-    check_positive("grad_batches", grad_batches, "block_stats", integer=True)
-    check_positive("batch_size", batch_size, "block_stats", integer=True)
-    if batch_size < 2:
-        raise ConfigError(f"The 'batch_size' parameter of block_stats must be at least 2; got {batch_size} instead.")
+    for name, value in (("examples", examples), ("grad_examples", grad_examples), ("batch_size", batch_size)):
+        check_positive(name, value, "block_stats", integer=True)
+        if value < 2:
+            raise ConfigError(f"The '{name}' parameter of block_stats must be at least 2; got {value} instead.")
+    if grad_examples > examples:
+        raise ConfigError(f"The 'grad_examples' parameter of block_stats must be at most examples ({examples}); got "
+                          f"{grad_examples} instead.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ConfigError(f"The 'seed' parameter of block_stats must be an int; got {seed!r} instead.")
     start = time.perf_counter()
@@ -122,10 +124,10 @@ def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = N
     check_task(work, view)
     n = len(part)
     gen = torch.Generator().manual_seed(int(seed))
-    rows = torch.randperm(len(view.train), generator=gen)[: batches * batch_size]
-    ranges = [(s, min(s + batch_size, len(rows))) for s in range(0, len(rows), batch_size)]
-    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < 2:  # a 1-example batch is ambiguous for capture
-        ranges[-2:] = [(ranges[-2][0], len(rows))]
+    rows = torch.randperm(len(view.train), generator=gen)[:examples]
+    n_grad = min(grad_examples, len(rows))
+    ranges = _ranges(0, n_grad, batch_size) + _ranges(n_grad, len(rows), max(64, batch_size))
+    n_grad_batches = len(_ranges(0, n_grad, batch_size))
     times["setup"] = time.perf_counter() - start
 
     t = time.perf_counter()
@@ -138,13 +140,14 @@ def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = N
     times["static"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grads, pooled, cka_feats, labels, shapes = _gradient_pass(work, part, view, rows, ranges, dev, grad_batches)
+    grads, pooled, cka_feats, labels, shapes = _gradient_pass(work, part, view, rows, ranges, dev,
+                                                              n_grad_batches)
     values.update(grads)
     values["reshapes"] = [float(_reshapes(shapes[i], shapes[i + 1])) for i in range(n)]
     times["gradients"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    values["synflow"] = _synflow(work, part, take(view.train.inputs, rows[:1]), dev)
+    values["synflow"] = _synflow(work, part, take(view.train.inputs, rows[:1]), dev)  # consumes ``work``
     times["synflow"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -168,7 +171,7 @@ def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = N
             values[name] = [v if math.isfinite(v) else fill for v in vals]
     wall = time.perf_counter() - start
     info = {"n_train": len(view.train), "n_sample": int(len(rows)), "num_classes": int(view.num_classes),
-            "kind": view.kind, "n_blocks": n, "model": type(model).__name__, "batches": int(batches),
+            "kind": view.kind, "n_blocks": n, "model": type(model).__name__, "n_grad": int(n_grad),
             "batch_size": int(batch_size), "seed": int(seed), "device": str(dev)}
     log.info("block_stats: %d blocks, %d examples, %.2fs (%s)", n, len(rows), wall,
              ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
@@ -260,9 +263,12 @@ _RELU_LIKE = (nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn
               nn.Sigmoid, nn.Hardsigmoid)
 
 
-def _synflow(work: nn.Module, part: Partition, example: Inputs, dev: torch.device) -> list[float]:
-    """Synflow per block: log10 Σ |∂R/∂W ⊙ W| on a float64 copy with |W|, ReLU activations, ones at block 0."""
-    net = copy.deepcopy(work).double().eval()
+def _synflow(net: nn.Module, part: Partition, example: Inputs, dev: torch.device) -> list[float]:
+    """Synflow per block: log10 Σ |∂R/∂W ⊙ W| in float64 with |W|, ReLU activations and ones at block 0.
+
+    It turns ``net`` (block_stats' private copy, which needs it no more) into that network instead of copying it.
+    """
+    net = net.double().eval()
     for name, module in list(net.named_modules()):
         if name and (isinstance(module, _RELU_LIKE) or "gelu" in type(module).__name__.lower()):
             parent, _, leaf = name.rpartition(".")
@@ -298,6 +304,14 @@ def _synflow(work: nn.Module, part: Partition, example: Inputs, dev: torch.devic
     logs = [math.log10(s) if s > 0 else -math.inf for s in scores]
     floor = min((v for v in logs if math.isfinite(v)), default=1.0) - 1.0
     return [v if math.isfinite(v) else floor for v in logs]  # no path to the output: below every other block
+
+
+def _ranges(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    """[lo, hi) in chunks of ``size``; a trailing 1-example chunk joins the one before (capture needs batches ≥ 2)."""
+    out = [(s, min(s + size, hi)) for s in range(lo, hi, size)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] < 2:
+        out[-2:] = [(out[-2][0], hi)]
+    return out
 
 
 def _flop_shares(work: nn.Module, part: Partition, example: Inputs, dev: torch.device) -> list[float]:
