@@ -38,6 +38,10 @@ _EXPORTS: dict[str, str] = {
     "profile": "selection.profiling",
     "Profile": "selection.profiling",
     "greedy": "selection.greedy_selection",
+    "predict_blocks": "selection.predictor",
+    "LayerPredictor": "selection.predictor",
+    "BlockPrediction": "selection.predictor",
+    "block_stats": "selection.stats",
     "GreedyResult": "selection.greedy_selection",
     "search": "hpo.searching",
     "SearchResult": "hpo.result",
@@ -105,6 +109,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model.blocks import Block, Partition, discover_blocks
     from .model.heads import replace_head
     from .selection.greedy_selection import GreedyResult, greedy
+    from .selection.predictor import BlockPrediction, LayerPredictor, predict_blocks
     from .selection.profiling import Profile, profile
+    from .selection.stats import block_stats
     from .training.cache import ActivationCache, MemoryBudget
     from .training.trainer import FitResult, evaluate, fit

