@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         record = run_entry(entry, models[entry["model"]], stats_only=args.stats_only, previous=previous,
                            profile_seed=args.profile_seed)
-        record.update(machine=describe_machine(), command=command)
+        if args.stats_only:  # the profile's command and machine stay; the statistics' are added
+            record.update(stats_machine=describe_machine(), stats_command=command)
+        else:
+            record.update(machine=describe_machine(), command=command)
         write_json(record, path)
         done.append(entry["id"])
         prof = record["profile"]
