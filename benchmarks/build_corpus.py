@@ -17,6 +17,11 @@ Entries run round-robin over (model, dataset) so a partial build covers as many 
 (default 40) stops starting new ones after that long. Torch runs on one thread (on a shared 2-core machine two
 threads were 2–8× slower per step than one).
 
+How long it took (``benchmarks/results/corpus_build.json``): the 30 entries are sized for ~40 min on an idle 2-core
+CPU; on the shared one (load average 5–12) two 40-minute passes built 24 of them (43.9 + 40.6 min; the c5 variants
+of digits and animals are not built), plus 1.6 min to recompute the statistics (``--stats-only``) and 26.7 min for
+six second-seed profiles (the noise ceiling, ``benchmarks/results/corpus_seed1/``).
+
     PYTHONPATH=. python benchmarks/build_corpus.py                 # the shipped corpus (≤ 40 min here)
     PYTHONPATH=. python benchmarks/build_corpus.py --quick         # 2 small entries into /tmp (a smoke test)
     PYTHONPATH=. python benchmarks/build_corpus.py --stats-only    # recompute the statistics only
@@ -168,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         record = run_entry(entry, models[entry["model"]], stats_only=args.stats_only, previous=previous,
                            profile_seed=args.profile_seed)
-        record.update(machine=describe_machine(), command=command)
+        if args.stats_only:  # the profile's command and machine stay; the statistics' are added
+            record.update(stats_machine=describe_machine(), stats_command=command)
+        else:
+            record.update(machine=describe_machine(), command=command)
         write_json(record, path)
         done.append(entry["id"])
         prof = record["profile"]

@@ -11,7 +11,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from autosub.errors import ConfigError, DataError
-from autosub.selection.predictor import (BLOCK_FEATURES, TASK_FEATURES, BlockPrediction, LayerPredictor,
+from autosub.selection.predictor import (BLOCK_FEATURES, DEFAULT_FEATURES, TASK_FEATURES, BlockPrediction,
+                                         LayerPredictor,
                                          PredictorNotFittedError, feature_matrix, load_corpus, normalize_scores,
                                          predict_blocks)
 from autosub.selection.stats import STATS, BlockStats
@@ -59,8 +60,8 @@ def test_fit_returns_self_and_sets_fitted_attributes(fake_corpus):
     tasks, targets = zip(*fake_corpus)
     p = LayerPredictor()
     assert p.fit(tasks, targets) is p
-    assert p.n_tasks_ == 24 and p.n_features_in_ == len(BLOCK_FEATURES) + len(TASK_FEATURES)
-    assert p.feature_names_ == [*BLOCK_FEATURES, *TASK_FEATURES]
+    assert p.n_tasks_ == 24 and p.n_features_in_ == len(DEFAULT_FEATURES) + len(TASK_FEATURES)
+    assert p.feature_names_ == [*DEFAULT_FEATURES, *TASK_FEATURES]
     assert p.predict(tasks[0]).shape == (len(tasks[0]),)
 
 
@@ -88,7 +89,7 @@ def test_bad_training_data(fake_corpus):
 def test_learns_a_hidden_rule_that_no_single_statistic_gives(fake_corpus, estimator):
     """Held-out tasks: the predictor combines lp and cka; each statistic alone ranks the blocks far worse."""
     train, held = fake_corpus[:16], fake_corpus[16:]
-    p = LayerPredictor(estimator=estimator).fit(*zip(*train))
+    p = LayerPredictor(estimator=estimator, features=BLOCK_FEATURES).fit(*zip(*train))
     ours = np.mean([spearmanr(p.predict(s), y).statistic for s, y in held])
     best_single = max(abs(np.mean([spearmanr(s.values[k], y).statistic for s, y in held])) for k in ("lp", "cka"))
     assert ours > 0.8 and ours > best_single + 0.1
@@ -97,6 +98,7 @@ def test_learns_a_hidden_rule_that_no_single_statistic_gives(fake_corpus, estima
 
 def test_features_are_ranks_within_the_task(fake_corpus):
     stats = fake_corpus[0][0]
+    assert set(DEFAULT_FEATURES) <= set(BLOCK_FEATURES)
     x = feature_matrix(stats)
     assert x.shape == (len(stats), len(BLOCK_FEATURES) + len(TASK_FEATURES))
     block = x[:, : len(BLOCK_FEATURES)]
@@ -168,7 +170,7 @@ def test_predict_blocks_on_a_model_never_reads_test(image_task, fake_corpus):
     model = timm.create_model("test_resnet", pretrained=False, zero_init_last=False).eval()
     task = copy.copy(image_task)
     task.test = Forbidden()
-    predictor = LayerPredictor(estimator="ridge").fit(*zip(*fake_corpus))
+    predictor = LayerPredictor(estimator="ridge", features=BLOCK_FEATURES).fit(*zip(*fake_corpus))
     pred = predict_blocks(model, task, predictor=predictor, examples=16, grad_examples=16)
     assert isinstance(pred, BlockPrediction) and pred.scores.shape == (4,)
     assert sorted(pred.ranking()) == [0, 1, 2, 3] and pred.scores[pred.ranking()[0]] == pred.scores.max()

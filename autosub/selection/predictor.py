@@ -30,7 +30,7 @@ from sklearn.exceptions import NotFittedError
 from ..errors import ConfigError, DataError
 from .stats import STATS, BlockStats, block_stats
 
-__all__ = ["BLOCK_FEATURES", "TASK_FEATURES", "BlockPrediction", "corpus_directions", "CorpusEntry", "directions",
+__all__ = ["BLOCK_FEATURES", "DEFAULT_FEATURES", "TASK_FEATURES", "BlockPrediction", "corpus_directions", "CorpusEntry", "directions",
            "feature_matrix", "LayerPredictor", "load_corpus", "normalize_scores", "predict_blocks",
            "PredictorNotFittedError", "statistic_scores"]
 
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 #: Per-block features: each is ranked within the task. ``*_pp`` = per parameter, ``d_*`` = gain over the block before,
 #: ``since_reshape`` = blocks since the last block that changed the shape (the position inside a stage).
 BLOCK_FEATURES = (*STATS, "fisher_pp", "snip_pp", "synflow_pp", "d_lp", "d_logme", "d_hscore", "since_reshape")
+#: The predictor's default block features: what the drop-one ablation of ``benchmarks/bench_predictor.py`` kept on the
+#: shipped corpus (each one whose removal did not raise the leave-one-(model, dataset)-out Spearman by > 0.005, the
+#: ablation's noise): structure, the condition number, and the transferability of the block's output. The gradient
+#: statistics, CKA, synflow and the probe made it worse at this corpus size (24 tasks); they stay in BLOCK_FEATURES.
+DEFAULT_FEATURES = ("depth", "flops", "reshapes", "spectrum", "hscore", "logme", "d_hscore", "d_lp")
 #: Task-level features (the same for every block of a task): they only act through interactions.
 TASK_FEATURES = ("log_train", "log_classes", "final_lp", "final_logme", "text", "n_blocks")
 ESTIMATORS = ("gbm", "ridge", "pairwise")
@@ -187,7 +192,7 @@ class LayerPredictor(BaseEstimator):
     """
 
     def __init__(self, *, estimator: str = "gbm", target: str = "zscore",
-                 features: Sequence[str] = BLOCK_FEATURES, task_features: Sequence[str] = TASK_FEATURES,
+                 features: Sequence[str] = DEFAULT_FEATURES, task_features: Sequence[str] = TASK_FEATURES,
                  n_estimators: int = 150, max_depth: int = 2, learning_rate: float = 0.05, subsample: float = 0.8,
                  alpha: float = 1.0, random_state: int = 0) -> None:
         self.estimator = estimator

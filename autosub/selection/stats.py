@@ -84,8 +84,9 @@ class BlockStats:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BlockStats":
+        order = [k for k in STATS if k in d["values"]] + sorted(k for k in d["values"] if k not in STATS)
         return cls(block_names=list(d["block_names"]),
-                   values={k: [float(x) for x in v] for k, v in d["values"].items()},
+                   values={k: [float(x) for x in d["values"][k]] for k in order},  # JSON sorts keys: STATS order
                    task=dict(d.get("task", {})), times={k: float(v) for k, v in d.get("times", {}).items()},
                    wall_time=float(d.get("wall_time", 0.0)))
 
