@@ -20,7 +20,6 @@ Only ``task.train`` is read (the test split is dropped on entry, validation is n
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -35,9 +34,9 @@ from torch import nn
 
 from ..data.task import Inputs, Task, take
 from ..errors import ConfigError, DataError, check_positive
-from ..model.blocks import Partition, discover_blocks
-from ..model.heads import replace_head
+from ..model.blocks import Partition
 from ..model.splitting import boundary_module
+from ..training.setup import prepare
 
 __all__ = ["STATS", "BlockStats", "block_stats", "hscore", "linear_cka", "logme", "logme_evidence",
            "probe_accuracy"]
@@ -101,9 +100,6 @@ def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = N
     head (the caller's model is untouched); its blocks are discovered on that copy unless ``partition`` is given.
     The same seed on the same CPU gives the same numbers.
     """
-    from ..training.trainer import check_task, resolve_device
-    from .profiling import selection_view
-
     if not isinstance(task, Task):
         raise ConfigError(f"The 'task' parameter of block_stats must be an autosub Task; got {type(task).__name__} "
                           "instead. Build one with autosub.as_task(X, y).")
@@ -118,11 +114,8 @@ def block_stats(model: nn.Module, task: Task, *, partition: Partition | None = N
         raise ConfigError(f"The 'seed' parameter of block_stats must be an int; got {seed!r} instead.")
     start = time.perf_counter()
     times: dict[str, float] = {}
-    view = selection_view(task)  # never the test split
-    dev = resolve_device(device)
-    work = replace_head(copy.deepcopy(model), view.num_classes, seed=int(seed)).to(dev).eval()
-    part = partition if partition is not None else discover_blocks(work)
-    check_task(work, view)
+    run = prepare(model, task, blocks=partition, seed=int(seed), device=device)  # the one setup path
+    view, dev, work, part = run.view, run.device, run.work, run.partition  # the view never holds the test split
     n = len(part)
     gen = torch.Generator().manual_seed(int(seed))
     rows = torch.randperm(len(view.train), generator=gen)[:examples]
