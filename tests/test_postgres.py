@@ -144,7 +144,8 @@ def test_workers_share_one_postgres_study_and_a_killed_worker_loses_nothing(pg_u
     lost_reason = study.user_attrs.get(f"autosub_fail_reason:{killed[0].number}")
     assert lost_reason and lost_reason.startswith(f"lost: its driver (pid {procs[0].pid}")
     retry = [t for t in trials if t.user_attrs.get("retry_of") == killed[0].number]
-    assert len(retry) == 1 and retry[0].params == killed[0].params and retry[0].state.name == "COMPLETE"
+    assert len(retry) == 1 and retry[0].params == killed[0].params  # run again by another worker …
+    assert retry[0].state.name in ("COMPLETE", "PRUNED")  # … to an end (the pruner may stop it like any trial)
     assert retry[0].user_attrs["pid"] != procs[0].pid  # another worker ran it
     counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("unrun")
                and t.number != killed[0].number]
