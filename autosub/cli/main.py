@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for child in sub.choices.values():  # every subcommand's --help ends with the exit codes
         child.epilog = (child.epilog or "") + EXIT_CODES_SHORT
+        if child.get_default("parser") is None:  # export, serve-check, bench: handlers that take the args
+            plain = child.get_default("func")
+            child.set_defaults(parser=child, func=lambda session, plain=plain: plain(session.args))
     return parser
 
 
@@ -142,7 +145,7 @@ def exit_code(exc: BaseException) -> int:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    verbose = 0 if args.quiet else args.verbose
+    verbose = 0 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
     logging.basicConfig(level=logging.INFO if verbose >= 2 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("autosub").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else
@@ -199,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _emit_error(want_json, exit_code(exc), type(exc).__name__, str(exc))
     _configure_logging(args)
     session = Session(args=args, argv=argv, parser=args.parser)
+    want_json = bool(getattr(args, "json", False))
     try:
         summary = args.func(session)
     except KeyboardInterrupt:
@@ -207,12 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exit_code(exc)
         if code == EXIT_BAD_INPUT:
             session.discard()
-        return _emit_error(args.json, code, type(exc).__name__, str(exc))
+        return _emit_error(want_json, code, type(exc).__name__, str(exc))
     except Exception as exc:  # a crash: show where, then the one-line reason
         traceback.print_exc()
-        return _emit_error(args.json, EXIT_CRASH, type(exc).__name__, f"{type(exc).__name__}: {exc} (a crash: "
+        return _emit_error(want_json, EXIT_CRASH, type(exc).__name__, f"{type(exc).__name__}: {exc} (a crash: "
                            "please report it with the traceback above)")
-    if args.json:
+    if isinstance(summary, int):  # a handler that returns its exit code
+        return summary
+    if want_json:
         from .._io import dumps
 
         print(dumps({"ok": True, **summary}, indent=None))
