@@ -45,12 +45,12 @@ from ..data.task import Split, Task, take, to_device
 from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory, check_positive
 from ..model.blocks import Partition
 from ..model.splitting import STAND_IN, boundary_module
-from ..model.subtune import FULL, normalize_selection
+from ..model.subtune import FULL, Selection, first_boundary, normalize_selection, tuned_modules
 from .cache import ActivationCache, MemoryBudget, batch_ranges
 from .fused_forward import FusedForward, Join, Segment, cat_inputs
 from .fused_trials import (COMPLETE, FAILED, PRUNED, REMOVED, FusedOutcome, FusionError, GroupMemoryError,
-                           MemoryEstimate, Trial, TrialSpec, build_trial, label, materialize, trial_result,
-                           trial_state)
+                           MemoryEstimate, Trial, TrialSpec, build_trial, fresh_head, label, materialize,
+                           trial_result, trial_state)
 from .setup import BlocksSpec, build_cache, prepare
 from .trainer import fit, validate_hparams
 
@@ -128,6 +128,7 @@ class FusedGroup:
         self._finished: list[FusedOutcome] = []
         self._next_slot = 0
         self._bound: float | None = None
+        self._heads: dict[int, nn.Module] = {}
         self._n_added = 0  # default keys: 0, 1, 2, … in the order trials were added
         self._loss = nn.CrossEntropyLoss()
         self.epochs_run = 0
@@ -154,16 +155,25 @@ class FusedGroup:
         specs = [specs] if isinstance(specs, TrialSpec) else list(specs)
         start = time.perf_counter()
         keys = self._check_specs(specs)
-        built = [self._build(s, k) for s, k in zip(specs, keys)]
-        self._ensure_cache({t.boundary for t in built})
+        sels = [normalize_selection(s.selection, self.partition) for s in specs]
+        self._ensure_cache({first_boundary(sel, self.partition) for sel in sels})
         room = self.memory_limit - self.memory_used
         bound = self._activation_bound()
-        for t in built:  # a cheap upper bound first; each trial is measured only when the bound does not fit
-            t.memory = MemoryEstimate(state_bytes=_state_bytes(t), activation_bytes_per_row=bound,
-                                      batch_size=self.batch_size, exact=False)
-        if sum(t.memory.total for t in built) > room:
-            for t in built:
+        quick = [MemoryEstimate(state_bytes=self._state_bytes(sel), activation_bytes_per_row=bound,
+                                batch_size=self.batch_size, exact=False) for sel in sels]
+        if sum(q.total for q in quick) <= room:  # the cheap upper bound fits: no trial needs measuring
+            built = [self._build(s, k) for s, k in zip(specs, keys)]
+            for t, q in zip(built, quick):
+                t.memory = q
+        else:  # measure each trial alone; with partial, stop at the first one that does not fit
+            built, used = [], 0
+            for s, k in zip(specs, keys):
+                t = self._build(s, k)
                 t.memory = self._measure(t)
+                if partial and used + t.memory.total > room:
+                    break
+                used += t.memory.total
+                built.append(t)
         fit_n, used = 0, 0
         for t in built:
             if used + t.memory.total > room:
@@ -190,6 +200,9 @@ class FusedGroup:
             self._trials[t.key] = t
         self._n_added += len(built)
         return [t.key for t in built]
+
+    def _state_bytes(self, sel: Selection) -> int:
+        return _module_state_bytes([self.trunk.get_submodule(p) for p in tuned_modules(sel, self.partition)])
 
     def estimate(self, spec: TrialSpec) -> MemoryEstimate:
         """The measured training memory of ``spec`` in this group (not added): what an engine sizes K with."""
@@ -338,7 +351,9 @@ class FusedGroup:
             m.eval()
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                for start, stop in batch_ranges(len(split), self.eval_batch_size):
+                # about eval_batch_size rows per forward in all: each trial gets its share of a validation batch
+                chunk = max(16, self.eval_batch_size // len(trials))
+                for start, stop in batch_ranges(len(split), chunk):
                     idx = torch.arange(start, stop)
                     out, spans = self._forward("val", split, [(t, idx) for t in trials], train=False)
                     target = split.targets[idx]
@@ -450,8 +465,11 @@ class FusedGroup:
         return keys
 
     def _build(self, spec: TrialSpec, key: Hashable) -> Trial:
+        if spec.seed not in self._heads:  # one working copy per seed, for its seeded head (fit's own head)
+            self._heads[spec.seed] = fresh_head(self.setup, spec.seed)
         trial = build_trial(self.setup, self.trunk, spec, key=key, slot=self._next_slot,
-                            steps_per_epoch=self.steps_per_epoch, channels_last=self.channels_last)
+                            steps_per_epoch=self.steps_per_epoch, head=self._heads[spec.seed],
+                            channels_last=self.channels_last)
         self._next_slot += 1
         return trial
 
@@ -681,6 +699,12 @@ def _state_bytes(t: Trial) -> int:
                + sum(b.numel() * b.element_size() for _, b in t.view.named_buffers()))
 
 
+def _module_state_bytes(modules: Iterable[nn.Module]) -> int:
+    """:func:`_state_bytes` of the copies of ``modules``, read from the modules themselves (nothing built)."""
+    return int(sum(4 * p.numel() * p.element_size() for m in modules for p in m.parameters())
+               + sum(b.numel() * b.element_size() for m in modules for b in m.buffers()))
+
+
 def _pack_into(seen: dict[int, int], fixed: set[int]):
     """A saved-tensors pack hook that records each saved storage's bytes once (parameters in ``fixed`` excluded)."""
 
@@ -701,10 +725,17 @@ def _same(x: torch.Tensor) -> torch.Tensor:
 
 
 def _default_memory(device: torch.device) -> int:
-    """80% of the free GPU memory (CUDA), else half the RAM available now."""
+    """80% of the free GPU memory (CUDA), else half the RAM available now (MemAvailable: free pages plus the page
+    cache the kernel can reclaim — free pages alone are a small share of the RAM on a machine that has run a while)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.8)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
+        return int(info["MemAvailable"] // 2)
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
     except (ValueError, OSError, AttributeError):
