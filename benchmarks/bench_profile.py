@@ -30,7 +30,7 @@ At 8 epochs most blocks saturate (0.94–0.98) and the naive ranking is mostly s
 Spearman 0.62 on an H200), so the default is 5 epochs, rungs [1, 5], 16 → 2 blocks.
 
     python benchmarks/bench_profile.py            # 1600 train / 400 val, 32 px, 5 epochs, rungs [1, 5], eta 8
-    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, 4 epochs, rungs [1, 4] (≤ 5 min idle / repeat)
+    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, 4 epochs, rungs [1, 4] (≤ 5 min/repeat idle)
 
 On a machine shared with other jobs pass ``--threads 1``: two OpenMP threads per process on two busy cores spin
 and stall (a step measured 8× slower than with one thread at load 10), which says more about the neighbours than

@@ -27,8 +27,8 @@ from .setup import Setup
 from .trainer import EpochCallback, FitResult
 
 __all__ = ["COMPLETE", "FAILED", "PRUNED", "REMOVED", "FusedOutcome", "FusionError", "GroupMemoryError",
-           "MemoryEstimate", "Trial", "TrialSpec", "TrialView", "build_trial", "fresh_head", "label", "materialize",
-           "trial_result", "trial_state"]
+           "MemoryEstimate", "Trial", "TrialSpec", "TrialView", "build_trial", "copies_of", "fresh_head", "label",
+           "materialize", "trial_result", "trial_state"]
 
 COMPLETE, PRUNED, FAILED, REMOVED = "complete", "pruned", "failed", "removed"
 
@@ -239,6 +239,11 @@ def trial_result(t: Trial, *, batch_size: int, cached: bool, model: nn.Module | 
         hparams={"lr": t.spec.lr, "weight_decay": t.spec.weight_decay, "batch_size": batch_size,
                  "epochs": t.spec.epochs, "lr_multipliers": dict(t.spec.lr_multipliers or {}), "seed": t.spec.seed},
         cached=cached, model=model, resumed_from=t.resumed_from)
+
+
+def copies_of(trials: Iterable[Trial]) -> list[nn.Module]:
+    """Every module copy the ``trials`` own (their tuned blocks' modules and heads)."""
+    return [m for t in trials for m in t.modules.values()]
 
 
 def label(sel: Selection) -> str:
