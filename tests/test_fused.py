@@ -253,7 +253,9 @@ def test_a_fused_profile_scores_every_block_as_separate_runs_do(oracle):
     kw = dict(epochs=2, seeds=2, lr=1e-2, fidelity="halving", eta=2, pairs=2, progress=False)
     fused = profile(model, task, fuse=True, **kw)
     plain = profile(model, task, fuse=False, **kw)
-    assert fused.config["fuse"] is True and plain.config["fuse"] is False
+    assert fused.config["fused"] and not plain.config["fused"]
+    auto = profile(model, task, fuse="auto", **kw)  # fuses on CUDA only (on a CPU it measured no gain)
+    assert auto.config["fused"] == torch.cuda.is_available() and auto.ranking() == plain.ranking()
     for a, b in zip([*fused.entries, *fused.pairs, *fused.baselines.values()],
                     [*plain.entries, *plain.pairs, *plain.baselines.values()]):
         assert a.selection == b.selection and a.epochs == b.epochs
