@@ -4,8 +4,9 @@ For K = 1, 2, 4, 8 the same K trials (different selections, learning rates, weig
 (a) one by one with ``autosub.fit`` and (b) as one ``autosub.training.fused.fit_many`` group, both from one shared
 prefix cache (filled once, outside the clock, as in a search). The clock covers everything each path does per
 trial — working copies, training, validation, and for (b) the group's verification and memory probe — so the
-ratio is what a search would see. ``speedup[K] = examples/s (b) / examples/s (a)``; (a) and (b) alternate within
-each repeat and the median over ``--repeats`` is reported (the machine load is written too).
+ratio is what a search would see. (a) and (b) alternate within each repeat (load drifts on a shared machine), and
+``speedup[K]`` is the median over ``--repeats`` of the paired ratio seconds (a) / seconds (b) of one repeat; the
+examples/s columns are from the median seconds (the machine load is written too).
 
 Model: EfficientNet-Lite0 with its real ImageNet weights (``autosub.zoo``) on real MNIST digits at 32 px on the CPU;
 ``--device cuda`` runs the GPU variant (224 px, bf16 autocast). Where the weight/data packages are missing (the GPU
@@ -139,11 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
                 got[fn.__name__] = scores
             same = same and got["one_by_one"] == got["fused"]
         seq, fus = statistics.median(seq_s), statistics.median(fus_s)
+        paired = [a / b for a, b in zip(seq_s, fus_s)]
         rows[k] = {"examples": examples, "seconds_one_by_one": seq_s, "seconds_fused": fus_s,
                    "examples_per_s_one_by_one": examples / seq, "examples_per_s_fused": examples / fus,
-                   "speedup": seq / fus, "same_val_scores": same, "loadavg": os.getloadavg()}
+                   "speedup": statistics.median(paired), "speedup_runs": paired, "same_val_scores": same,
+                   "loadavg": os.getloadavg()}
         print(f"K={k}: one by one {examples / seq:8.1f} ex/s, fused {examples / fus:8.1f} ex/s, speedup "
-              f"{seq / fus:.2f}× (same val scores: {same}; load {os.getloadavg()[0]:.1f})", flush=True)
+              f"{rows[k]['speedup']:.2f}× (runs {', '.join(f'{x:.2f}' for x in paired)}; same val scores: {same}; "
+              f"load {os.getloadavg()[0]:.1f})", flush=True)
 
     result = {
         "speedup": {str(k): rows[k]["speedup"] for k in ks},
@@ -155,11 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {**describe_machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
         "command": "python " + " ".join(["benchmarks/bench_fused.py", *(argv if argv is not None else sys.argv[1:])]),
     }
-    print(f"\n{'K':>3} {'one by one ex/s':>16} {'fused ex/s':>11} {'speedup':>8}")
+    print(f"\n{'K':>3} {'one by one ex/s':>16} {'fused ex/s':>11} {'speedup':>8}  per repeat")
     for k in ks:
         r = rows[k]
         print(f"{k:>3} {r['examples_per_s_one_by_one']:>16.1f} {r['examples_per_s_fused']:>11.1f} "
-              f"{r['speedup']:>7.2f}×")
+              f"{r['speedup']:>7.2f}×  {' '.join(f'{x:.2f}' for x in r['speedup_runs'])}")
     print(f"load average {load0[0]:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")

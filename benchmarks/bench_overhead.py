@@ -9,7 +9,8 @@ trial's ``seconds`` attribute (the time inside the trial function: copy, trainin
 
     window      = last trial told − first trial started (= first told − its seconds)
     overhead_share        = (window − Σ seconds) / window     steady state: ask/tell, storage, scheduling, reporting
-    overhead_share_total  = (last told − search() called − Σ seconds − setup phases) / (same span − setup phases):
+    overhead_share_total  = (last told − search() called − Σ seconds − setup) / (that span − setup), setup =
+                            the cache and calibration phases:
                             with the engine's start-up (study creation; ray.init and worker start-up on Ray)
     overhead_s_per_trial  = (window − Σ seconds) / (trials − 1)
 
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "storage": "sqlite (default, in run_dir)", "ray": "local, one trial at a time",
                    "threads": args.threads, "trials": counts},
         "machine": {**describe_machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
-        "command": "python " + " ".join(["benchmarks/bench_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python " + " ".join(["benchmarks/bench_overhead.py",
+                                         *(argv if argv is not None else sys.argv[1:])]),
     }
     print(f"\n{'engine':>6} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
           f"{'share incl. start-up':>20}")
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     for st, v in base.items():
         print(f"optuna ask/tell alone ({st}, TPE, {attrs} user attrs): "
               + ", ".join(f"{n} trials {b['s_per_trial'] * 1e3:.1f} ms/trial" for n, b in v.items()))
-    print(f"median train s/trial {statistics.median(r['train_s_per_trial'] for v in runs.values() for r in v.values()):.3f}"
+    median = statistics.median(r["train_s_per_trial"] for v in runs.values() for r in v.values())
+    print(f"median train s/trial {median:.3f}"
           f"; load average {load0[0]:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")

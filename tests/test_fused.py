@@ -253,7 +253,9 @@ def test_a_fused_profile_scores_every_block_as_separate_runs_do(oracle):
     kw = dict(epochs=2, seeds=2, lr=1e-2, fidelity="halving", eta=2, pairs=2, progress=False)
     fused = profile(model, task, fuse=True, **kw)
     plain = profile(model, task, fuse=False, **kw)
-    assert fused.config["fuse"] is True and plain.config["fuse"] is False
+    assert fused.config["fused"] and not plain.config["fused"]
+    auto = profile(model, task, fuse="auto", **kw)  # fuses on CUDA only (on a CPU it measured no gain)
+    assert auto.config["fused"] == torch.cuda.is_available() and auto.ranking() == plain.ranking()
     for a, b in zip([*fused.entries, *fused.pairs, *fused.baselines.values()],
                     [*plain.entries, *plain.pairs, *plain.baselines.values()]):
         assert a.selection == b.selection and a.epochs == b.epochs
@@ -279,3 +281,26 @@ def test_out_of_memory_fails_every_active_trial_with_advice(test_resnet, image_t
     done = group.pop_finished()
     assert [o.status for o in done] == [FAILED, FAILED] and not group.active
     assert all(isinstance(o.error, TrialOutOfMemory) and "fewer trials per group" in str(o.error) for o in done)
+
+
+@pytest.mark.parametrize("cache_views", [None, 2])
+def test_random_augmentation_draws_from_each_trials_own_stream(test_resnet, image_task, cache_views):
+    """A random train transform draws from the global RNG: live (uncached) it runs under each trial's own stream,
+    with cached views each trial draws its views from its own data generator — both as in a run of its own."""
+    task = Task(image_task.train, image_task.val, image_task.num_classes,
+                train_transform=lambda x: x + 0.5 * torch.randn_like(x))
+    specs = [TrialSpec((1,), lr=3e-3, epochs=2, seed=0), TrialSpec((3,), lr=1e-3, epochs=2, seed=1)]
+    cache = "auto"
+    if cache_views:  # the views are drawn once, at fill time: both paths must read the same ones
+        from autosub.training.setup import build_cache, prepare
+
+        setup = prepare(test_resnet, task)
+        cache = build_cache(setup.work, setup.partition, {"train": task.train, "val": task.val}, [1, 3],
+                            device=setup.device, batch_size=16, views=cache_views, transform=task.train_transform,
+                            augmented=True)
+    outcomes = fit_many(test_resnet, task, specs, batch_size=16, cache=cache, cache_views=cache_views)
+    want = sequential(test_resnet, task, specs, batch_size=16, cache=cache, cache_views=cache_views)
+    part = discover_blocks(want[0].model)
+    assert all(w.cached == (cache_views is not None) for w in want)
+    for o, w in zip(outcomes, want):
+        assert_same_run(o.result, w, part)

@@ -198,9 +198,11 @@ def profile(
     with ``scale_lr`` a shorter rung trains at a proportionally higher lr (see :func:`rung_lr_scale`).
     ``baselines`` adds the linear probe and full finetuning at ``epochs`` with the same seeds.
     ``fuse``: train the runs of a rung (every block × seed), of the pairs and of the probe baseline as one fused group
-    (:mod:`autosub.training.fused`: one forward/backward per step for all of them, results equal to separate runs);
-    ``"auto"`` (default) fuses and falls back to separate runs for a model that cannot be fused, ``True`` raises
-    :class:`~autosub.training.fused.FusionError` for one, ``False`` never fuses.
+    (:mod:`autosub.training.fused`: one forward/backward per step for all of them, results equal to separate runs).
+    ``"auto"`` (default) fuses on CUDA, where small batches starve the device, and falls back to separate runs for
+    a model that cannot be fused; on the CPU it does not fuse (measured: no gain on a 2-core CPU at 32 px, where a
+    batch of 32 already keeps the cores busy — ``benchmarks/results/profile_quick.json``). ``True`` fuses anywhere
+    (raising :class:`~autosub.training.fused.FusionError` for a model that cannot be fused), ``False`` never.
     """
     n_pairs = _check_args(epochs=epochs, seeds=seeds, lr=lr, batch_size=batch_size, pairs=pairs, fidelity=fidelity,
                           eta=eta, min_epochs=min_epochs, seed=seed, fuse=fuse)
@@ -217,6 +219,7 @@ def profile(
     shared = run.cache([*todo, len(part)], batch_size=batch_size, progress=progress, cache=cache)
     cache_time = time.perf_counter() - start
     fp = try_count_flops(run.work, part, run.example(), owner="profile")
+    fusing = fuse is True or (fuse == "auto" and dev.type == "cuda")
     flops = (lambda sel: float(fp.added_cost(sel))) if fp is not None else (lambda sel: float("nan"))
 
     rungs = halving_rungs(min_epochs, epochs, eta) if fidelity == "halving" else [epochs]
@@ -239,7 +242,7 @@ def profile(
     def run_all(items: list[tuple[Selection, str, float]], n_epochs: int) -> list[ProfileEntry]:
         """Every item × seed: as one fused group when allowed (and more than one run), else one fit each."""
         nonlocal n_fits
-        if fuse and seeds * len(items) > 1 and all(sel != FULL for sel, _, _ in items):
+        if fusing and seeds * len(items) > 1 and all(sel != FULL for sel, _, _ in items):
             specs = [TrialSpec(sel, lr=run_lr, epochs=n_epochs, seed=seed + s, key=(i, s))
                      for i, (sel, _, run_lr) in enumerate(items) for s in range(seeds)]
             t0 = time.perf_counter()
@@ -292,7 +295,7 @@ def profile(
     result.config = {"model": type(model).__name__, "epochs": epochs, "seeds": seeds, "lr": lr,
                      "batch_size": batch_size, "pairs": pairs, "fidelity": fidelity, "eta": eta,
                      "min_epochs": min_epochs, "rungs": rungs, "rung_lrs": rung_lrs, "scale_lr": scale_lr,
-                     "seed": seed, "device": str(dev), "fuse": fuse,
+                     "seed": seed, "device": str(dev), "fuse": fuse, "fused": fusing,
                      "blocks": list(todo), "cached": shared is not None, "train_size": len(view.train),
                      "val_size": len(view.val)}
     log.info("profile: %d fits in %.1fs (cache fill %.1fs); ranking %s", n_fits, result.wall_time, cache_time,

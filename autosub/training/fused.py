@@ -35,7 +35,7 @@ import os
 import time
 import warnings
 from dataclasses import replace
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -44,13 +44,14 @@ from tqdm.auto import tqdm
 from ..data.task import Split, Task, take, to_device
 from ..errors import ConfigError, TrainingDiverged, TrialOutOfMemory, check_positive
 from ..model.blocks import Partition
-from ..model.splitting import STAND_IN, boundary_module
-from ..model.subtune import FULL, normalize_selection
+from ..model.splitting import STAND_IN
+from ..model.subtune import FULL, Selection, first_boundary, normalize_selection, tuned_modules
 from .cache import ActivationCache, MemoryBudget, batch_ranges
+from .fused_checks import activation_bound, measure, module_state_bytes, verify
 from .fused_forward import FusedForward, Join, Segment, cat_inputs
 from .fused_trials import (COMPLETE, FAILED, PRUNED, REMOVED, FusedOutcome, FusionError, GroupMemoryError,
-                           MemoryEstimate, Trial, TrialSpec, build_trial, label, materialize, trial_result,
-                           trial_state)
+                           MemoryEstimate, Trial, TrialSpec, build_trial, copies_of, fresh_head, label,
+                           materialize, trial_result, trial_state)
 from .setup import BlocksSpec, build_cache, prepare
 from .trainer import fit, validate_hparams
 
@@ -127,7 +128,8 @@ class FusedGroup:
         self._trials: dict[Hashable, Trial] = {}
         self._finished: list[FusedOutcome] = []
         self._next_slot = 0
-        self._bound: float | None = None
+        self.bound: float | None = None  # activation bytes per row if every block trained (fused_checks)
+        self._heads: dict[int, nn.Module] = {}
         self._n_added = 0  # default keys: 0, 1, 2, … in the order trials were added
         self._loss = nn.CrossEntropyLoss()
         self.epochs_run = 0
@@ -138,6 +140,11 @@ class FusedGroup:
     def active(self) -> list[Hashable]:
         """Keys of the trials still training, in the order they joined."""
         return list(self._trials)
+
+    @property
+    def trials(self) -> list[Trial]:
+        """The active trials themselves (their copies, optimizers, curves), in the order they joined."""
+        return list(self._trials.values())
 
     @property
     def memory_used(self) -> int:
@@ -154,16 +161,25 @@ class FusedGroup:
         specs = [specs] if isinstance(specs, TrialSpec) else list(specs)
         start = time.perf_counter()
         keys = self._check_specs(specs)
-        built = [self._build(s, k) for s, k in zip(specs, keys)]
-        self._ensure_cache({t.boundary for t in built})
+        sels = [normalize_selection(s.selection, self.partition) for s in specs]
+        self._ensure_cache({first_boundary(sel, self.partition) for sel in sels})
         room = self.memory_limit - self.memory_used
-        bound = self._activation_bound()
-        for t in built:  # a cheap upper bound first; each trial is measured only when the bound does not fit
-            t.memory = MemoryEstimate(state_bytes=_state_bytes(t), activation_bytes_per_row=bound,
-                                      batch_size=self.batch_size, exact=False)
-        if sum(t.memory.total for t in built) > room:
-            for t in built:
-                t.memory = self._measure(t)
+        bound = activation_bound(self)
+        quick = [MemoryEstimate(state_bytes=self._state_bytes(sel), activation_bytes_per_row=bound,
+                                batch_size=self.batch_size, exact=False) for sel in sels]
+        if sum(q.total for q in quick) <= room:  # the cheap upper bound fits: no trial needs measuring
+            built = [self._build(s, k) for s, k in zip(specs, keys)]
+            for t, q in zip(built, quick):
+                t.memory = q
+        else:  # measure each trial alone; with partial, stop at the first one that does not fit
+            built, used = [], 0
+            for s, k in zip(specs, keys):
+                t = self._build(s, k)
+                t.memory = measure(self, t)
+                if partial and used + t.memory.total > room:
+                    break
+                used += t.memory.total
+                built.append(t)
         fit_n, used = 0, 0
         for t in built:
             if used + t.memory.total > room:
@@ -182,7 +198,7 @@ class FusedGroup:
                 "batch_size, or raise FusedGroup(memory=…) in bytes.")
         built = built[:fit_n]
         if built and self.verify:
-            self._verify(built)
+            verify(self, built)
         share = (time.perf_counter() - start) / max(1, len(built))  # copies, cache fill, checks: shared by the new
         for t in built:
             t.seconds += share
@@ -191,12 +207,15 @@ class FusedGroup:
         self._n_added += len(built)
         return [t.key for t in built]
 
+    def _state_bytes(self, sel: Selection) -> int:
+        return module_state_bytes([self.trunk.get_submodule(p) for p in tuned_modules(sel, self.partition)])
+
     def estimate(self, spec: TrialSpec) -> MemoryEstimate:
         """The measured training memory of ``spec`` in this group (not added): what an engine sizes K with."""
         (key,) = self._check_specs([replace(spec, key=None)])
         t = self._build(spec, key)
         self._ensure_cache({t.boundary})
-        return self._measure(t)
+        return measure(self, t)
 
     def remove(self, key: Hashable, *, status: str = PRUNED, error: BaseException | None = None) -> FusedOutcome:
         """Take a trial out of the group between epochs (an engine prunes it, or a scheduler stops it)."""
@@ -233,7 +252,7 @@ class FusedGroup:
         for t in trials:
             t.perm = torch.randperm(n, generator=t.gen)
             t.loss_sum, t.count = 0.0, 0
-        for m in self._copies(trials):
+        for m in copies_of(trials):
             m.train()
         bar = tqdm(total=self.steps_per_epoch, desc=f"fused ({len(trials)} trials)", disable=not self.progress,
                    leave=False)
@@ -307,7 +326,7 @@ class FusedGroup:
                 rows = idx + len(split) * torch.randint(self._cache.views, (len(idx),), generator=t.gen)
             entries.append((t, idx, rows))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out, spans = self._forward("train", split, [(t, rows) for t, _, rows in entries], train=True)
+            out, spans = self.forward_rows("train", split, [(t, rows) for t, _, rows in entries], train=True)
             losses = [self._loss(out[spans[t.slot][0]:spans[t.slot][1]].float(), split.targets[idx].to(self.device))
                       for t, idx, _ in entries]
         for t in trials:
@@ -333,14 +352,16 @@ class FusedGroup:
             return {}
         split = self.task.val
         correct = {t.slot: 0 for t in trials}
-        copies = self._copies(trials)
+        copies = copies_of(trials)
         for m in copies:
             m.eval()
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                for start, stop in batch_ranges(len(split), self.eval_batch_size):
+                # about eval_batch_size rows per forward in all: each trial gets its share of a validation batch
+                chunk = max(16, self.eval_batch_size // len(trials))
+                for start, stop in batch_ranges(len(split), chunk):
                     idx = torch.arange(start, stop)
-                    out, spans = self._forward("val", split, [(t, idx) for t in trials], train=False)
+                    out, spans = self.forward_rows("val", split, [(t, idx) for t in trials], train=False)
                     target = split.targets[idx]
                     for t in trials:
                         a, b = spans[t.slot]
@@ -360,9 +381,10 @@ class FusedGroup:
     def _train_cached(self, boundary: int) -> bool:
         return self._cached("train", boundary)
 
-    def _forward(self, name: str, split: Split, entries: list[tuple[Trial, torch.Tensor]], *, train: bool,
+    def forward_rows(self, name: str, split: Split, entries: list[tuple[Trial, torch.Tensor]], *, train: bool,
                  dedupe: bool | None = None) -> tuple[Any, dict[int, tuple[int, int]]]:
-        """One fused forward of ``entries`` (trial, rows of ``split``); returns the output and each trial's rows.
+        """One fused forward of ``entries`` (trial, row indices of ``split``, which is ``task.train`` for ``name``
+        "train" or ``task.val`` for "val"); returns the output and each trial's ``(start, stop)`` rows in it.
 
         Three ways in, chosen from the cache: *join* (every trial's boundary cached with a stand-in replay: each
         trial's rows enter at its own boundary), *from the first boundary* (all rows replayed from the earliest
@@ -450,8 +472,11 @@ class FusedGroup:
         return keys
 
     def _build(self, spec: TrialSpec, key: Hashable) -> Trial:
+        if spec.seed not in self._heads:  # one working copy per seed, for its seeded head (fit's own head)
+            self._heads[spec.seed] = fresh_head(self.setup, spec.seed)
         trial = build_trial(self.setup, self.trunk, spec, key=key, slot=self._next_slot,
-                            steps_per_epoch=self.steps_per_epoch, channels_last=self.channels_last)
+                            steps_per_epoch=self.steps_per_epoch, head=self._heads[spec.seed],
+                            channels_last=self.channels_last)
         self._next_slot += 1
         return trial
 
@@ -465,142 +490,6 @@ class FusedGroup:
                                   transform=self.task.train_transform if self.cache_views else None,
                                   augmented=self.augmented, progress=self.progress,
                                   cache=self._cache if self._cache is not None else True)
-
-    def _measure(self, t: Trial) -> MemoryEstimate:
-        """Tuned-tensor bytes ×4 (parameter, gradient, two AdamW moments) + buffers, and the activation bytes per row
-        autograd saves on a probe forward of this trial alone at 2 and 4 rows (the difference: no fixed costs).
-        The probe runs in train mode but leaves no trace: BatchNorm buffers are restored, and the RNG is untouched."""
-        state = _state_bytes(t)
-        fixed = {x.untyped_storage().data_ptr() for m in (self.trunk, *t.modules.values())
-                 for x in (*m.parameters(), *m.buffers())}
-        n = len(self.task.train)
-        sizes = [min(2, n), min(4, n)]
-        saved_bytes = []
-        snapshot = {name: b.detach().clone() for name, b in t.view.named_buffers()}
-        self.engine.attach(t.slot, t.modules, t.stream)
-        self.engine.swap_streams = False
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                for k in sizes:
-                    seen: dict[int, int] = {}
-                    with torch.autograd.graph.saved_tensors_hooks(_pack_into(seen, fixed), _same), \
-                            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                        out, _ = self._forward("train", self.task.train, [(t, torch.arange(k))], train=True)
-                    del out
-                    saved_bytes.append(sum(seen.values()))
-        finally:
-            self.engine.swap_streams = True
-            self.engine.detach(t.slot)
-            with torch.no_grad():
-                for name, b in t.view.named_buffers():
-                    b.copy_(snapshot[name])
-        per_row = max(0.0, (saved_bytes[1] - saved_bytes[0]) / max(1, sizes[1] - sizes[0])) if sizes[1] > sizes[0] \
-            else saved_bytes[0] / max(1, sizes[0])
-        return MemoryEstimate(state_bytes=int(state), activation_bytes_per_row=per_row, batch_size=self.batch_size,
-                              exact=True)
-
-    @torch.no_grad()
-    def _activation_bound(self) -> float:
-        """Activation bytes per row that autograd would save if every block trained (×1.5 for train-mode extras:
-        dropout masks, BatchNorm statistics): no trial saves more. Measured once per group, at 2 and 4 rows."""
-        if self._bound is not None:
-            return self._bound
-        entry = boundary_module(self.trunk, self.partition, 0)
-
-        def grad_from_here(_m: nn.Module, args: tuple, kwargs: dict):
-            mark = lambda a: a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() \
-                else a  # noqa: E731
-            return tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}
-
-        n = len(self.task.train)
-        sizes, saved = [min(2, n), min(4, n)], []
-        handle = entry.register_forward_pre_hook(grad_from_here, with_kwargs=True)
-        try:
-            for k in sizes:
-                seen: dict[int, int] = {}
-                x = to_device(take(self.task.train.inputs, torch.arange(k)), self.device,
-                              channels_last=self.channels_last)
-                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_pack_into(seen, set()), _same), \
-                        torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    out = self.trunk(x)
-                del out
-                saved.append(sum(seen.values()))
-        finally:
-            handle.remove()
-        per_row = (saved[1] - saved[0]) / (sizes[1] - sizes[0]) if sizes[1] > sizes[0] else saved[0] / sizes[0]
-        self._bound = 1.5 * max(0.0, per_row)
-        return self._bound
-
-    @torch.no_grad()
-    def _verify(self, new: list[Trial]) -> None:
-        """Fused outputs (every trial: the active ones and ``new``) equal each new trial's own forward, in eval mode,
-        on distinct validation rows per trial (a misrouted row shows) and on shared rows (forks run).
-
-        Fresh copies equal the frozen modules, so a row sent through the wrong copy would go unnoticed: for the
-        check, every trial's copies are perturbed (differently per trial) and restored afterwards."""
-        everyone = [*self._trials.values(), *new]
-        for t in new:
-            self.engine.attach(t.slot, t.modules, t.stream)
-        copies = self._copies(everyone)
-        for m in copies:
-            m.eval()
-        split, r = self.task.val, 3
-        params = [p for m in copies for p in m.parameters()]
-        saved = [p.detach().clone() for p in params]
-        gen = torch.Generator().manual_seed(0)
-        try:
-            for p in params:
-                noise = torch.randn(p.shape, generator=gen).to(device=p.device, dtype=p.dtype)
-                p.add_(noise * (0.1 * p.abs().mean() + 1e-2))
-            distinct = {t.slot: torch.arange(i * r, (i + 1) * r) % len(split) for i, t in enumerate(everyone)}
-            shared = {t.slot: torch.arange(r) % len(split) for t in everyone}
-            alone = {}  # each new trial's own forward, on its distinct rows and the shared rows at once
-            for t in new:
-                out, spans = self._forward("val", split, [(t, torch.cat([distinct[t.slot], shared[t.slot]]))],
-                                           train=False, dedupe=False)
-                a0, a1 = spans[t.slot]
-                alone[t.slot] = (out[a0:a0 + r].float(), out[a0 + r:a1].float())
-            self._compare(everyone, new, distinct, {k: v[0] for k, v in alone.items()}, dedupe=False)
-            if self.dedupe:
-                try:
-                    self._compare(everyone, new, shared, {k: v[1] for k, v in alone.items()}, dedupe=True)
-                except FusionError as exc:  # e.g. a text encoder hands every layer a mask made for the input rows
-                    log.info("fused group: identical rows will not be shared (%s)", exc)
-                    self.dedupe = False
-        finally:
-            for p, v in zip(params, saved):
-                p.copy_(v)
-            for t in new:
-                self.engine.detach(t.slot)
-            for m in copies:
-                m.train()
-
-    def _compare(self, everyone: list[Trial], new: list[Trial], rows: dict[int, torch.Tensor],
-                 alone: dict[int, torch.Tensor], *, dedupe: bool) -> None:
-        """Raise FusionError unless each new trial's rows of a fused forward of ``everyone`` equal ``alone``."""
-        split = self.task.val
-        try:
-            out, spans = self._forward("val", split, [(t, rows[t.slot]) for t in everyone], train=False, dedupe=dedupe)
-        except FusionError:
-            raise
-        except Exception as exc:
-            raise FusionError(f"{type(self.setup.model).__name__} cannot run these trials fused: the fused forward "
-                              f"failed ({type(exc).__name__}: {exc}). Train them one by one with autosub.fit "
-                              "(fit_many(..., fallback=True) does).") from exc
-        for t in new:
-            a, b = spans[t.slot]
-            got, want = out[a:b].float(), alone[t.slot]
-            err = (got - want).abs().max().item() if got.shape == want.shape else math.inf
-            if not err <= 1e-4 * max(1.0, want.abs().max().item()):
-                raise FusionError(
-                    f"{type(self.setup.model).__name__} cannot train {label(t.selection)} fused: its fused output "
-                    f"differs from its own forward by {err:.3g} (a block's modules are not called one after another, "
-                    "or a later layer reuses earlier tensors). Train it with autosub.fit (fit_many(..., "
-                    "fallback=True) does).")
-
-    # -- leaving -------------------------------------------------------------------------------------------------
-    def _copies(self, trials: Iterable[Trial]) -> list[nn.Module]:
-        return [m for t in trials for m in t.modules.values()]
 
     def _outcome_of(self, t: Trial) -> FusedOutcome:
         return next(o for o in reversed(self._finished) if o.key == t.key)
@@ -675,36 +564,19 @@ def _with_key(s: TrialSpec, key: Hashable) -> TrialSpec:
     return replace(s, key=key)
 
 
-def _state_bytes(t: Trial) -> int:
-    """A trial's tensors: parameters, gradients and two AdamW moments per trainable parameter, plus its buffers."""
-    return int(sum(4 * p.numel() * p.element_size() for p in t.trainable)
-               + sum(b.numel() * b.element_size() for _, b in t.view.named_buffers()))
-
-
-def _pack_into(seen: dict[int, int], fixed: set[int]):
-    """A saved-tensors pack hook that records each saved storage's bytes once (parameters in ``fixed`` excluded)."""
-
-    def pack(x: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = x.untyped_storage()
-            if storage.data_ptr() not in fixed:
-                seen[storage.data_ptr()] = storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
-            pass
-        return x
-
-    return pack
-
-
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _default_memory(device: torch.device) -> int:
-    """80% of the free GPU memory (CUDA), else half the RAM available now."""
+    """80% of the free GPU memory (CUDA), else half the RAM available now (MemAvailable: free pages plus the page
+    cache the kernel can reclaim — free pages alone are a small share of the RAM of a machine that has run a
+    while)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.8)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
+        return int(info["MemAvailable"] // 2)
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
     except (ValueError, OSError, AttributeError):

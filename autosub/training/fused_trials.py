@@ -9,6 +9,7 @@ generator and its RNG stream. :class:`TrialView` shows those copies under the tr
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,11 +27,10 @@ from .setup import Setup
 from .trainer import EpochCallback, FitResult
 
 __all__ = ["COMPLETE", "FAILED", "PRUNED", "REMOVED", "FusedOutcome", "FusionError", "GroupMemoryError",
-           "MemoryEstimate", "Trial", "TrialSpec", "TrialView", "build_trial", "label", "materialize",
-           "trial_result", "trial_state"]
+           "MemoryEstimate", "Trial", "TrialSpec", "TrialView", "build_trial", "copies_of", "fresh_head", "label",
+           "materialize", "trial_result", "trial_state"]
 
 COMPLETE, PRUNED, FAILED, REMOVED = "complete", "pruned", "failed", "removed"
-MiB = 2**20
 
 
 class FusionError(ConfigError):
@@ -163,16 +163,20 @@ class Trial:
         return len(self.curve)
 
 
+def fresh_head(setup: Setup, seed: int) -> nn.Module:
+    """The head ``fit(seed=seed)`` starts from: built on a working copy exactly as ``fit`` builds one."""
+    return setup.fresh_copy(seed=seed).get_submodule(setup.partition.head_module)
+
+
 def build_trial(setup: Setup, trunk: nn.Module, spec: TrialSpec, *, key: Hashable, slot: int, steps_per_epoch: int,
-                channels_last: bool = False) -> Trial:
-    """A trial's own copies of its tuned modules and head, initialized exactly as ``fit`` initializes them, with its
-    optimizer, schedule, data generator and RNG stream (restored from ``spec.resume`` when given)."""
+                head: nn.Module, channels_last: bool = False) -> Trial:
+    """A trial's own copies of its tuned modules (from the frozen ``trunk``: the same tensors as a working copy's)
+    and of ``head`` (its seed's :func:`fresh_head`), so it starts exactly where ``fit`` starts; with its optimizer,
+    schedule, data generator and RNG stream (restored from ``spec.resume`` when given)."""
     partition = setup.partition
     sel = normalize_selection(spec.selection, partition)
-    work = setup.fresh_copy(seed=spec.seed)
     paths = tuned_modules(sel, partition)
-    modules = {p: work.get_submodule(p) for p in paths}
-    del work
+    modules = {p: copy.deepcopy(head if p == partition.head_module else trunk.get_submodule(p)) for p in paths}
     if channels_last:
         modules = {p: m.to(memory_format=torch.channels_last) for p, m in modules.items()}
     view = TrialView(trunk, modules)
@@ -235,6 +239,11 @@ def trial_result(t: Trial, *, batch_size: int, cached: bool, model: nn.Module | 
         hparams={"lr": t.spec.lr, "weight_decay": t.spec.weight_decay, "batch_size": batch_size,
                  "epochs": t.spec.epochs, "lr_multipliers": dict(t.spec.lr_multipliers or {}), "seed": t.spec.seed},
         cached=cached, model=model, resumed_from=t.resumed_from)
+
+
+def copies_of(trials: Iterable[Trial]) -> list[nn.Module]:
+    """Every module copy the ``trials`` own (their tuned blocks' modules and heads)."""
+    return [m for t in trials for m in t.modules.values()]
 
 
 def label(sel: Selection) -> str:
