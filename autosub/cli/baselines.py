@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_CS", "DEFAULT_FT_LRS", "Baseline", "full_finetune", "linear_
 log = logging.getLogger(__name__)
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-DEFAULT_FT_LRS = (3e-4, 1e-3, 3e-3)
+DEFAULT_FT_LRS = (1e-3, 3e-3, 1e-2)  # the upper half of the search's lr range, where short low-data runs do best
 
 
 @dataclass
@@ -103,8 +103,8 @@ def linear_probe(model: nn.Module, task: Task, *, blocks: Any = None, seed: int 
         test = float((clf.predict(x_te) == task.test.targets.cpu().numpy()).mean())
     n_params = int(clf.coef_.size + clf.intercept_.size)
     log.info("linear probe: C=%g val %.4f (tried %s)", c, val, tried)
-    return Baseline("linear probe", f"logistic regression on frozen features, C={c:g} (best of {len(cs)} on val)",
-                    n_params, val, test, time.perf_counter() - t0, tried)
+    how = f"logistic regression on frozen features, C={c:g} (best of {len(cs)} on val)" + _edge_note(c, cs, "--probe-c")
+    return Baseline("linear probe", how, n_params, val, test, time.perf_counter() - t0, tried)
 
 
 def full_finetune(model: nn.Module, task: Task, *, blocks: Any = None, epochs: int = 3,
@@ -131,5 +131,13 @@ def full_finetune(model: nn.Module, task: Task, *, blocks: Any = None, epochs: i
     test = None if task.test is None else float(evaluate(best.model, task.test, device=device))
     lr = float(best.hparams["lr"])
     log.info("full finetuning: lr %g val %.4f (tried %s)", lr, best.score, tried)
-    return Baseline("full finetuning", f"every parameter, lr {lr:.2g} (best of {len(lrs)} on val), {epochs} epochs",
-                    int(best.trainable_params), float(best.score), test, time.perf_counter() - t0, tried)
+    how = f"every parameter, lr {lr:.2g} (best of {len(lrs)} on val), {epochs} epochs"
+    return Baseline("full finetuning", how + _edge_note(lr, lrs, "--ft-lrs"), int(best.trainable_params),
+                    float(best.score), test, time.perf_counter() - t0, tried)
+
+
+def _edge_note(best: float, grid: Sequence[float], flag: str) -> str:
+    """A warning in the table when the chosen value is the end of a grid of 3+ (the baseline may be under-tuned)."""
+    if len(grid) < 3 or min(grid) < best < max(grid):
+        return ""
+    return f" — at the edge of the grid: widen {flag}"

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--probe-c", type=float, nargs="+", default=list(DEFAULT_CS), metavar="C",
                    help="linear probe: logistic-regression C values tried on val")
     g.add_argument("--ft-lrs", type=float, nargs="+", default=list(DEFAULT_FT_LRS), metavar="LR",
-                   help="full finetuning: learning rates tried on val (default: 3e-4 1e-3 3e-3)")
+                   help="full finetuning: learning rates tried on val (default: 1e-3 3e-3 1e-2)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--run-dir", default=None, help="where the results go (default: autosub-runs/demo-<time>)")
     g.add_argument("--seed", type=int, default=0)

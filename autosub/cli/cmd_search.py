@@ -62,7 +62,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--probe-c", type=float, nargs="+", default=list(DEFAULT_CS), metavar="C",
                    help="linear probe: logistic-regression C values tried (default: 1e-3 … 100)")
     g.add_argument("--ft-lrs", type=float, nargs="+", default=list(DEFAULT_FT_LRS), metavar="LR",
-                   help="full finetuning: learning rates tried (default: 3e-4 1e-3 3e-3)")
+                   help="full finetuning: learning rates tried (default: 1e-3 3e-3 1e-2)")
     g = p.add_argument_group("backend and storage")
     g.add_argument("--backend", choices=("optuna", "ray"), default="optuna", help="optuna (in process) or ray (Ray "
                    "Tune: local, a cluster, or Ray Client)")

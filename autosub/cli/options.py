@@ -36,7 +36,8 @@ def add_output_options(p: argparse.ArgumentParser, *, config: bool = True) -> No
         g.add_argument("--config", metavar="FILE", help="a .toml (or .yaml/.json) file whose keys mirror the flags "
                        "(flags given here win); every run writes its resolved config as RUN_DIR/config.toml")
     g.add_argument("--json", action="store_true", help="print one JSON object (the summary) on stdout, for scripts")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step messages (warnings, errors "
+                   "and the result are still printed)")
     g.add_argument("-v", "--verbose", action="count", default=0, help="log autosub's steps (-vv: debug)")
 
 

@@ -187,7 +187,7 @@ def bar_chart(bars: Sequence[Bar], *, lines: Sequence[HLine] = (), ylabel: str =
                   [ln.value for ln in lines], unit=unit)
     if unit:
         ylim = (ylim[0], ylim[1])
-    fr = _Frame(width, height, (0, n), ylim, bottom=70)
+    fr = _Frame(width, height + 20, (0, n), ylim, bottom=92)
     body = fr.axes(xlabel=xlabel, ylabel=ylabel, xticks=False)
     slot = (fr.x1 - fr.x0) / n
     for i, b in enumerate(bars):
@@ -217,7 +217,7 @@ def bar_chart(bars: Sequence[Bar], *, lines: Sequence[HLine] = (), ylabel: str =
     if any(b.highlight for b in bars):
         legend.append(("chosen", PALETTE["orange"], "box"))
     body += _legend(legend, fr.x0 + 4, 16)
-    return _svg(width, height, body, title or ylabel)
+    return _svg(width, height + 20, body, title or ylabel)
 
 
 def xy_chart(series: Sequence[Series], *, xlabel: str, ylabel: str, title: str = "", unit_y: bool = True,
