@@ -1,4 +1,4 @@
-"""The docs run: every Python block of docs/*.md is executed, every `autosub …` command in docs and the README
+"""The docs run: every Python block of docs/*.md and of the README is executed, every `autosub …` command in docs and the README
 parses, the error catalogue matches what the code raises, and the site (user guide + API reference) builds offline.
 
 A page's Python blocks run in order in one namespace, in a scratch directory (as a reader would paste them). A block
@@ -41,7 +41,8 @@ def commands(text_blocks: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in [*PAGES, ROOT / "README.md"] if blocks(p, "python")],
+                         ids=lambda p: p.name)
 def test_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs.{page.stem}"}
@@ -62,7 +63,7 @@ def test_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
 
 
 def test_skipped_blocks_say_why():
-    for page in PAGES:
+    for page in [*PAGES, ROOT / "README.md"]:
         for directive, _ in blocks(page, "python"):
             if directive.startswith("skip"):
                 assert len(directive.split()) > 3, f"{page.name}: a skip needs a reason: {directive!r}"
