@@ -107,7 +107,7 @@ def plan_search(args: argparse.Namespace) -> SearchPlan:
     """Check every search option before any work (the same validators ``autosub.search`` uses)."""
     from ..hpo.budget import Budget
     from ..hpo.config import RunConfig, TrainingConfig
-    from ..hpo.searching import PRIORS
+    from ..hpo.searching import PRIORS, resolve_prior
     from ..hpo.selectors import get_selector
     from ..hpo.space import SearchSpace
 
@@ -134,6 +134,7 @@ def plan_search(args: argparse.Namespace) -> SearchPlan:
     elif prior.endswith(".json"):
         raise ConfigError(f"--prior {args.prior!r} does not exist; give auto, profile, predictor, a statistic's "
                           "name, none, or a profile.json file.")
+    resolve_prior(prior, selector)  # an unknown name or a conflict with the selector: refused before any work
     backend, extra = backend_from_args(args.backend, address=args.address,
                                        resources_per_trial=args.resources_per_trial, max_failures=args.max_failures,
                                        max_concurrent_trials=args.max_concurrent_trials)

@@ -46,7 +46,7 @@ from .result import (SearchResult, TrialRecord, pareto_front, preference, select
 from .selectors import BaseSelector, SelectorContext, get_selector
 from .space import BoundSpace, Candidate, SearchSpace
 
-__all__ = ["OBJECTIVES", "PRIORS", "search"]
+__all__ = ["OBJECTIVES", "PRIORS", "resolve_prior", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
         raise ConfigError("Optuna cannot prune multi-objective trials; leave pruner='auto' (off) or pass None.")
     if not (pruner in ("auto", "none", "hyperband", "halving", None) or hasattr(pruner, "prune")):
         raise ConfigError(f"The 'pruner' parameter of search must be 'auto', None or an optuna pruner; got {pruner!r}.")
-    prior = _check_prior(prior, sel)
+    prior = resolve_prior(prior, sel)
     check_positive("epochs", epochs, "search", integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"The 'seed' parameter of search must be an int; got {seed!r} instead.")
@@ -218,7 +218,7 @@ def _legacy_options(legacy: dict[str, Any], training: TrainingConfig,
     return training, run, {k: legacy[k] for k in _LEGACY_RAY if k in legacy and legacy[k] is not None}
 
 
-def _check_prior(prior: Any, sel: BaseSelector) -> Any:
+def resolve_prior(prior: Any, sel: BaseSelector) -> Any:
     """``prior`` resolved for ``sel`` ("auto" → the selector's own); an unknown name or a conflict → ConfigError."""
     if isinstance(prior, str):
         if prior not in PRIORS:
