@@ -86,6 +86,10 @@ def test_compute_budget_stops_cleanly_and_reports_what_was_spent(model, task, tm
 def test_a_budget_too_small_for_the_profile_searches_without_a_prior(model, task, tmp_path):
     res = search(model, task, Budget(compute=0.5, epoch_seconds=0.2), run_dir=tmp_path, **fast(prior="profile"))
     assert res.prior is None and "prior" not in res.spent["phases"] and res.spent["trials"] >= 1
+    # a selector that cannot work without the profile says so (it used to fail on an assert)
+    with pytest.raises(ConfigError, match="too small for the one-epoch profile the 'profile-top-k' selector"):
+        search(model, task, Budget(compute=0.5, epoch_seconds=0.2), run_dir=tmp_path / "topk",
+               **fast(prior="profile", selector="profile-top-k"))
 
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(model, task, tmp_path, monkeypatch):

@@ -336,6 +336,10 @@ def _prior(plan: _Plan, state: _State) -> Prior | None:
     if prior != "profile":
         return _zero_cost_prior(plan, state, prior)
     if not profile_affordable(plan.budget, state.bound, state.meter.epoch_seconds):
+        if plan.selector.needs_prior:
+            raise ConfigError(f"The budget ({plan.budget.describe()}) is too small for the one-epoch profile the "
+                              f"{plan.selector.name!r} selector ranks by; raise it, or pass prior='predictor' (no "
+                              "training) or a Profile.")
         log.warning("the budget (%s) is too small for a profile prior; searching without one", plan.budget.describe())
         return None
     t0 = time.perf_counter()
