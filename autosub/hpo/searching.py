@@ -195,8 +195,8 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
             raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={chosen.name!r}.")
         chosen = RayBackend(**{**{k: v for k, v in chosen.to_dict().items() if k != "name"}, **ray_opts})
     run_path = Path(run.run_dir) if run.run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
-    return _Plan(budget=Budget.of(budget), selector=sel, prior=prior, spec=spec, objectives=objs, pruner=pruner, epochs=int(epochs),
-                 seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
+    return _Plan(budget=Budget.of(budget), selector=sel, prior=prior, spec=spec, objectives=objs, pruner=pruner,
+                 epochs=int(epochs), seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
                  resume=resume)
 
 
