@@ -193,3 +193,25 @@ def test_the_default_never_returns_worse_on_validation_than_the_endpoints_it_com
     ends = out.extra["endpoints"]
     assert out.extra["chosen"] in ("probe", "full") and out.val_score == max(ends["probe"], ends["full"])
     assert out.val_score >= ends["subset"]
+
+
+def test_zero_cost_strategies_run_through_search_with_their_statistics_charged_to_the_allowance(tmp_path):
+    from autosub.bench import get_strategy
+
+    wanted = {"predictor": ("predictor", "auto"), "tpe-predictor": ("tpe", "predictor"), "auto-rgn": ("rgn", "auto"),
+              "cka": ("cka", "auto"), "logme": ("logme", "auto")}
+    for name, (selector, prior) in wanted.items():
+        d = get_strategy(name).describe()
+        assert (d["selector"], d["prior"]) == (selector, prior) and get_strategy(name).availability() is None
+    config = replace(get_config("micro"), name="zero-cost", strategies=("predictor", "tpe-predictor", "auto-rgn"))
+    summary = run_benchmark(config, tmp_path)
+    assert summary["valid_cells"] == 3 and not summary["flagged"]
+    for name, source in (("predictor", "predictor"), ("tpe-predictor", "predictor"), ("auto-rgn", "rgn")):
+        cell = json.loads(next((tmp_path / "cells").glob(f"*__{name}__*.json")).read_text())
+        extra = cell["extra"]
+        assert cell["status"] == "ok" and extra["prior_source"] == source
+        assert extra["phases"]["prior"] > 0 and extra["prior_seconds"] > 0  # inside the search, on its meter
+        assert extra["prior_scores"] is None  # not a profile: kept out of the per-task profile plot
+        assert cell["compute"] >= extra["search_compute"] > 0
+    top = json.loads(next((tmp_path / "cells").glob("*__predictor__*.json")).read_text())
+    assert list(top["selection"]) == top["extra"]["prior_ranking"][:1]  # max_blocks=1: the top block

@@ -86,6 +86,10 @@ def test_compute_budget_stops_cleanly_and_reports_what_was_spent(model, task, tm
 def test_a_budget_too_small_for_the_profile_searches_without_a_prior(model, task, tmp_path):
     res = search(model, task, Budget(compute=0.5, epoch_seconds=0.2), run_dir=tmp_path, **fast(prior="profile"))
     assert res.prior is None and "prior" not in res.spent["phases"] and res.spent["trials"] >= 1
+    # a selector that cannot work without the profile says so (it used to fail on an assert)
+    with pytest.raises(ConfigError, match="too small for the one-epoch profile the 'profile-top-k' selector"):
+        search(model, task, Budget(compute=0.5, epoch_seconds=0.2), run_dir=tmp_path / "topk",
+               **fast(prior="profile", selector="profile-top-k"))
 
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_search_goes_on(model, task, tmp_path, monkeypatch):
@@ -227,6 +231,9 @@ def test_interrupted_trial_is_requeued_for_resume(tmp_path):
     ({"objectives": ("score", "cost"), "pruner": optuna.pruners.MedianPruner()}, ConfigError, "prune"),
     ({"selector": "greedy", "space": "single"}, ConfigError, "greedy"),
     ({"selector": "profile-top-k", "prior": None}, ConfigError, "needs a prior"),
+    ({"prior": "rgnn"}, ConfigError, "'prior'.*'predictor'.*'rgn'"),
+    ({"selector": "rgn", "prior": "profile"}, ConfigError, "ranks blocks by 'rgn' only"),
+    ({"selector": "logme", "prior": None}, ConfigError, "ranks blocks by 'logme' only"),
     ({"epochs": 0}, ConfigError, "'epochs'"),
     ({"lr": 1e-3}, ConfigError, "SearchSpace"),
     ({"storage": "sqlite:////nonexistent-dir/x/study.db"}, SearchAborted, "Cannot reach"),
@@ -238,6 +245,15 @@ def test_bad_arguments_fail_before_any_work(model, task, tmp_path, monkeypatch, 
     budget = args.pop("budget")
     with pytest.raises(error, match=match):
         search(model, task, budget, **fast(**args))
+
+
+def test_an_unknown_prior_name_is_refused_before_any_set_up_or_run_dir(model, task, tmp_path, monkeypatch):
+    monkeypatch.setattr(autosub.hpo.searching, "prepare", lambda *a, **k: pytest.fail("set up despite a bad prior"))
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"got 'auto-rgn'") as err:
+        search(model, task, 3, run_dir=run_dir, **fast(prior="auto-rgn"))
+    assert all(f"'{n}'" in str(err.value) for n in ("predictor", "profile", "rgn", "cka", "logme", "spectrum"))
+    assert not run_dir.exists()
 
 
 def test_autosub_search_is_the_function_whatever_was_imported(model, task, tmp_path):
@@ -307,3 +323,46 @@ def test_ties_go_to_the_cheaper_selection():
 
     recs = [rec(0, 0.9, 5000, 0.5), rec(1, 0.9, 800, 0.6), rec(2, 0.9, 800, 0.2), rec(3, 0.85, 10, 0.0)]
     assert max(recs, key=preference).number == 2
+
+
+# ------------------------------------------------------------------------------------- zero-cost priors
+def test_predictor_prior_trains_no_profile_and_its_statistics_never_read_test(model, task, tmp_path, spied,
+                                                                              monkeypatch):
+    import autosub.selection.predictor as predictor
+    from autosub.selection.stats import STATS
+
+    monkeypatch.setattr(autosub.hpo.searching, "run_profile",
+                        lambda *a, **k: pytest.fail("profiled despite prior='predictor'"))
+    seen, real = [], predictor.predict_blocks
+
+    def spy(model_, task_, **kw):
+        seen.append(task_)
+        return real(model_, task_, **kw)
+
+    monkeypatch.setattr(predictor, "predict_blocks", spy)
+    t = spied(task)
+    res = search(model, t, 2, run_dir=tmp_path, **fast(prior="predictor"))
+    assert len(seen) == 1 and seen[0].test is None and len(seen[0].train) == len(task.train)
+    assert res.spent["phases"]["prior"] > 0 and res.prior["source"] == "predictor"
+    assert "profile" not in set(res.trials["proposed_by"]) and res.spent["trials"] == 2
+    ev = res.prior["evidence"]
+    assert ev["kind"] == "predictor" and set(ev["values"]) >= set(STATS) and ev["wall_time"] > 0
+    assert all(len(v) == 4 for v in ev["values"].values()) and ev["block_names"] == res.config["block_names"]
+    assert res.records[0].selection == (res.prior["ranking"][0],)  # TPE tries the predictor's top block first
+    assert t.test.reads and all("_test_score" in stack for stack in t.test.reads)
+
+
+def test_a_statistic_prior_and_a_statistic_selector(model, task, tmp_path):
+    from autosub.selection.predictor import corpus_directions
+
+    res = search(model, task, 1, run_dir=tmp_path / "a", **fast(prior="rgn"))
+    ev, d = res.prior["evidence"], corpus_directions()["rgn"]
+    assert res.prior["source"] == "rgn" and ev["direction"] == d
+    assert res.prior["ranking"] == sorted(range(4), key=lambda b: (-d * ev["values"]["rgn"][b], b))
+    res = search(model, task, 5, run_dir=tmp_path / "b", selector="cka", space=SearchSpace(max_blocks=2),
+                 **fast(prior="auto"))
+    top = res.prior["ranking"]
+    assert res.prior["source"] == "cka" and res.spent["phases"]["prior"] > 0
+    assert [r.selection for r in res.records] == [(top[0],), tuple(sorted(top[:2]))]
+    assert res.spent["stop_reason"] == "selector finished" and res.config["selector"] == {"name": "cka",
+                                                                                         "direction": None}

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from autosub.hpo.engines import Job, TrialOutcome
 from autosub.hpo.engines.optuna import OptunaEngine
@@ -197,3 +198,79 @@ def test_greedy_selector_follows_the_same_rule_as_greedy_search():
     assert best.selection == sel and best.values[0] == pytest.approx(score)
     accepted = [s for s in path if s.accepted]  # the same steps taken, one greedy step per accepted move
     assert max(r.user_attrs["greedy_step"] for r in out.records) == len(accepted)
+
+
+# ------------------------------------------------------------------------------------ zero-cost rankings
+class Planted(torch.nn.Module):
+    """An MLP on 8×8 digits with N blocks (orthogonal ×√2, as conftest's Oracle) where one block is made to stand
+    out for one statistic: ``"small"`` weights ×1e-2 (the highest ‖∇W‖/‖W‖), ``"identity"`` (output = input: the
+    lowest 1 − CKA), ``"constant"`` (output carries nothing about the labels: the lowest LogME)."""
+
+    def __init__(self, plant: str, block: int, width: int = 32) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.stem = torch.nn.Linear(64, width)
+        self.blocks = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU())
+                                            for _ in range(N)])
+        self.head = torch.nn.Linear(width, 10)
+        with torch.no_grad():
+            for m in [self.stem, *(b[0] for b in self.blocks)]:
+                torch.nn.init.orthogonal_(m.weight, gain=2**0.5, generator=gen)
+                m.bias.zero_()
+            w, b = self.blocks[block][0].weight, self.blocks[block][0].bias
+            if plant == "small":
+                w.mul_(1e-2)
+            elif plant == "identity":
+                w.copy_(torch.eye(width))
+            else:
+                w.zero_()
+                b.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(torch.relu(self.stem(x))))
+
+
+def _cka_predictor():
+    """A LayerPredictor taught on synthetic tasks that a block with a low 1 − CKA is the one to tune."""
+    from autosub.selection.predictor import LayerPredictor
+    from autosub.selection.stats import STATS, BlockStats
+
+    rng = np.random.default_rng(0)
+    tasks, targets = [], []
+    for _ in range(12):
+        values = {k: list(rng.normal(size=N)) for k in STATS}
+        tasks.append(BlockStats([f"b{i}" for i in range(N)], values, task={"n_train": 100, "num_classes": 10}))
+        targets.append(-np.asarray(values["cka"]))
+    return LayerPredictor(estimator="ridge", features=("cka",), task_features=()).fit(tasks, targets)
+
+
+@pytest.mark.parametrize("name, plant, block, direction", [
+    ("rgn", "small", 3, 1),          # Auto-RGN's published rule: the largest relative gradient norm
+    ("cka", "identity", 2, -1),      # the block that changes its input least
+    ("logme", "constant", N - 1, -1),  # the block whose output explains the labels least
+    ("predictor", "identity", 1, None),
+])
+def test_each_zero_cost_selector_trains_the_top_block_of_its_ranking(digits_features, name, plant, block,
+                                                                     direction):
+    from autosub.selection.predictor import zero_cost_prior
+
+    task = digits_features(n_train=200, n_val=50)  # its test split refuses every read
+    sel = get_selector(name) if direction is None else get_selector(name, direction=direction)
+    assert sel.fixed_prior and sel.default_prior == name and sel.uses_prior
+    prior = zero_cost_prior(Planted(plant, block), task, sel.default_prior, direction=direction,
+                            predictor=_cka_predictor() if name == "predictor" else None)
+    assert prior.ranking[0] == block and prior.source == name
+    assert all(len(v) == N for v in prior.evidence["values"].values())  # the statistics behind the ranking
+    out = run(sel, prior=prior, space=SearchSpace(max_blocks=2), budget=10)
+    assert [r.selection for r in out.records][0] == (block,)  # top-1 first, then top-2
+    assert sorted(out.records[1].selection) == sorted(prior.ranking[:2])
+    assert out.stop_reason == "selector finished"
+
+
+def test_zero_cost_selectors_are_registered_and_check_their_direction():
+    assert {"predictor", "rgn", "auto-rgn", "cka", "logme"} <= set(SELECTORS)
+    assert get_selector("auto-rgn").name == "rgn" and get_selector("rgn").describe() == {"name": "rgn",
+                                                                                          "direction": None}
+    with pytest.raises(ConfigError, match="'direction'.*'cka'.*got 0.5"):
+        get_selector("cka", direction=0.5)
+    assert not TPESelector.fixed_prior and TPESelector.default_prior == "profile"

@@ -1,8 +1,9 @@
 """Named benchmark configurations: what to run (tasks × sizes × seeds × strategies) and how (budget, epochs, …).
 
 ``micro`` is the tests' (a timm test model on digits at 16 px), ``quick`` shows every output in ≤ 5 minutes on an
-idle 2-core CPU (estimated; see the README),  ``cpu`` is the ≤ 60-minute CPU suite, ``search`` is the former ``benchmarks/bench_search.py`` (four
-search strategies on one task at equal compute), ``gpu`` the one-GPU suite at 224 px (``benchmarks/gpu_suite.py``).
+idle 2-core CPU (estimated; see the README),  ``cpu`` is the ≤ 60-minute CPU suite, ``search`` is the former ``benchmarks/bench_search.py`` (five
+search strategies on one task at equal compute: greedy, random, TPE without a prior, with the profile prior and with
+the learned predictor's prior), ``gpu`` the one-GPU suite at 224 px (``benchmarks/gpu_suite.py``).
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ CONFIGS: dict[str, BenchConfig] = {
                                         "predictor"),
                             sizes=(50, 200), seeds=(0, 1, 2), budget=12.0, epochs=2, max_length=32, max_blocks=3,
                             full_lrs=(3e-5, 1e-4), options={"endpoint_lrs": (1e-4,)}),
-    "search": BenchConfig("search", tasks=("lite0-mnist",), strategies=("greedy", "random", "tpe", "tpe-prior"),
+    "search": BenchConfig("search", tasks=("lite0-mnist",),
+                          strategies=("greedy", "random", "tpe", "tpe-prior", "tpe-predictor"),
                           sizes=(200,), seeds=(0, 1, 2), budget=30.0, epochs=2, image_size=32, max_blocks=3),
     "gpu": BenchConfig("gpu", tasks=REAL_TASKS, strategies=ALL_STRATEGIES, sizes=(50, 200, 1000, None),
                        seeds=(0, 1, 2), budget=30.0, epochs=3, min_steps=16, image_size=224, max_length=64,

@@ -12,12 +12,14 @@ profile-prior TPE search with pruning *beside* its endpoints (the probe and full
 same allowance) and returns the best of the three on validation, so it never returns worse on validation than
 the baselines it is compared with.
 
-Strategies that need code from a branch not merged yet (the zero-cost predictor, single-statistic selectors) are
-registered behind lazy imports; ``availability()`` says what is missing.
+The zero-cost strategies — ``predictor`` (top-k of the learned layer predictor's ranking), ``tpe-predictor`` (TPE
+with the predictor prior instead of the profile), and the peers' single statistics ``auto-rgn``, ``cka``, ``logme``
+(top-k of that statistic's ranking) — run through ``search`` like every search strategy: the statistics are
+computed inside the search, on the training split only, and their wall time is charged to the same allowance
+(the search's ``"prior"`` phase). ``availability()`` says when a strategy's code is missing.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import math
@@ -323,8 +325,12 @@ def _from_search(res: Any) -> Outcome:
     prior = res.prior or {}
     extra = {"trials": res.spent.get("trials"), "stop_reason": res.spent.get("stop_reason"),
              "search_compute": res.spent.get("compute"), "phases": res.spent.get("phases"),
-             "uncertainty": res.config.get("uncertainty"), "prior_scores": _prior_scores(prior),
-             "block_names": res.config.get("block_names")}
+             "uncertainty": res.config.get("uncertainty"), "block_names": res.config.get("block_names"),
+             "prior_source": prior.get("source"), "prior_ranking": prior.get("ranking"),
+             # the per-task profile plot reads these as validation accuracies: a profile's only
+             "prior_scores": _prior_scores(prior) if prior.get("source") == "profile" else None}
+    if (prior.get("evidence") or {}).get("wall_time") is not None:
+        extra["prior_seconds"] = prior["evidence"]["wall_time"]
     return Outcome(tuple(int(b) for b in res.selection), float(res.score), res.model,
                    {k: res.hparams.get(k) for k in ("lr", "weight_decay")}, extra)
 
@@ -389,36 +395,10 @@ class WithEndpoints(SearchStrategy):
         return Outcome(chosen.selection, val, chosen.model, chosen.hparams, extra)
 
 
-class RankedTopK(SearchStrategy):
-    """Train the k best-ranked blocks together (k = 1 … max_blocks), ranking from a zero-cost score; best on val."""
+def _zero_cost(selector: str, *, prior: str = "auto", pruner: Any = None) -> Callable[[], BaseStrategy]:
+    """A search strategy whose ranking comes from network statistics (no profile), charged to the allowance."""
+    return lambda: SearchStrategy(selector, prior=prior, pruner=pruner)
 
-    def __init__(self, scorer: Callable[[CellContext], dict[int, float]], *, requires: tuple[str, ...] = (),
-                 selector: str = "profile-top-k", max_blocks: int | None = None) -> None:
-        super().__init__(selector, prior=None, pruner=None, max_blocks=max_blocks)
-        self.scorer, self.requires = scorer, requires
-
-    def prior_for(self, ctx: CellContext) -> Any:
-        return self.scorer(ctx)
-
-
-def _predictor_scores(ctx: CellContext) -> dict[int, float]:
-    mod = importlib.import_module("autosub.selection.predictor")
-    return mod.predict_blocks(ctx.model, ctx.task, seed=ctx.seed, device=ctx.device).as_prior()
-
-
-def _stat_scores(stat: str) -> Callable[[CellContext], dict[int, float]]:
-    def score(ctx: CellContext) -> dict[int, float]:
-        mod = importlib.import_module("autosub.selection.stats")
-        values = mod.block_stats(ctx.model, ctx.task, seed=ctx.seed, device=ctx.device).values
-        if stat not in values:
-            raise ConfigError(f"autosub.selection.stats computed no {stat!r} statistic; it has {sorted(values)}.")
-        return {i: float(v) if math.isfinite(float(v)) else -1e9 for i, v in enumerate(values[stat])}
-
-    return score
-
-
-_PRED = ("autosub.selection.predictor",)
-_STATS = ("autosub.selection.stats",)
 
 register_strategy("linear-probe", LinearProbe)
 register_strategy("full-ft", FullFinetune)
@@ -430,8 +410,8 @@ register_strategy("tpe", lambda: SearchStrategy("tpe", prior=None, pruner="auto"
 register_strategy("tpe-prior", lambda: SearchStrategy("tpe", prior="profile", pruner="auto"))
 register_strategy("autosub", WithEndpoints)
 register_strategy("autosub-cv", lambda: WithEndpoints(cv_folds=5))
-register_strategy("predictor", lambda: RankedTopK(_predictor_scores, requires=_PRED))
-register_strategy("tpe-predictor", lambda: RankedTopK(_predictor_scores, requires=_PRED, selector="tpe"))
-register_strategy("auto-rgn", lambda: RankedTopK(_stat_scores("rgn"), requires=_STATS))
-register_strategy("cka", lambda: RankedTopK(_stat_scores("cka"), requires=_STATS))
-register_strategy("logme", lambda: RankedTopK(_stat_scores("logme"), requires=_STATS))
+register_strategy("predictor", _zero_cost("predictor"))
+register_strategy("tpe-predictor", _zero_cost("tpe", prior="predictor", pruner="auto"))
+register_strategy("auto-rgn", _zero_cost("rgn"))
+register_strategy("cka", _zero_cost("cka"))
+register_strategy("logme", _zero_cost("logme"))

@@ -37,7 +37,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compute", type=float, default=None, help="compute in full-finetune epochs (measured)")
     g = p.add_argument_group("search")
     g.add_argument("--selector", default="tpe", help="what to try next: tpe (TPE with the profile prior), random, "
-                   "greedy, profile-top-k, nsga2 (default: tpe)")
+                   "greedy, profile-top-k, nsga2; predictor, rgn, cka, logme (top-k of a ranking got with no "
+                   "training) (default: tpe)")
     g.add_argument("--space", choices=("subset", "consecutive", "single"), default="subset",
                    help="selections searched: any subset, consecutive runs, or single blocks (default: subset)")
     g.add_argument("--min-blocks", type=int, default=1, help="fewest blocks in a selection (default: 1)")
@@ -51,8 +52,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    "cost (share of FLOPs from the first tuned block)")
     g.add_argument("--objectives", nargs="+", default=["score"], help="score, plus cost and/or params for a Pareto "
                    "front (default: score)")
-    g.add_argument("--prior", default="profile", help="profile (a one-epoch profile inside the budget), none, or a "
-                   "profile.json written by `autosub profile`")
+    g.add_argument("--prior", default="auto", help="auto (the selector's own: a profile for tpe), profile (a "
+                   "one-epoch profile inside the budget), predictor (the learned layer predictor, no training), a "
+                   "statistic's name (rgn, fisher, cka, logme, …), none, or a profile.json written by `autosub "
+                   "profile` (default: auto)")
     g.add_argument("--pruner", choices=("auto", "hyperband", "halving", "none"), default="auto",
                    help="stop weak trials early (default: auto = Hyperband over epochs)")
     g.add_argument("--retrain", action="store_true", help="retrain the best configuration on train+val at the end")
@@ -104,6 +107,7 @@ def plan_search(args: argparse.Namespace) -> SearchPlan:
     """Check every search option before any work (the same validators ``autosub.search`` uses)."""
     from ..hpo.budget import Budget
     from ..hpo.config import RunConfig, TrainingConfig
+    from ..hpo.searching import PRIORS, resolve_prior
     from ..hpo.selectors import get_selector
     from ..hpo.space import SearchSpace
 
@@ -123,12 +127,14 @@ def plan_search(args: argparse.Namespace) -> SearchPlan:
     prior: Any = args.prior
     if prior == "none":
         prior = None
-    elif prior != "profile" and Path(prior).is_file():
+    elif prior not in PRIORS and Path(prior).is_file():
         from ..selection.profiling import Profile
 
         prior = Profile.load(prior)
-    elif prior != "profile" and prior.endswith(".json"):
-        raise ConfigError(f"--prior {args.prior!r} does not exist; give profile, none, or a profile.json file.")
+    elif prior.endswith(".json"):
+        raise ConfigError(f"--prior {args.prior!r} does not exist; give auto, profile, predictor, a statistic's "
+                          "name, none, or a profile.json file.")
+    resolve_prior(prior, selector)  # an unknown name or a conflict with the selector: refused before any work
     backend, extra = backend_from_args(args.backend, address=args.address,
                                        resources_per_trial=args.resources_per_trial, max_failures=args.max_failures,
                                        max_concurrent_trials=args.max_concurrent_trials)

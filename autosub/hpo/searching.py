@@ -5,7 +5,8 @@
   working copy, its blocks (or the user's ``blocks=``), then the storage opened and ONE prefix cache filled at every
   block boundary in one pass (every trial reuses it), and the cost of one full-finetune epoch measured (the unit of
   ``Budget.compute``);
-* **prior**: a one-epoch profile of every block inside the budget, or the one passed;
+* **prior**: a one-epoch profile of every block inside the budget, a zero-cost ranking from network statistics
+  (the learned predictor or one statistic: no training, seconds), or the one passed;
 * **run**: the engine (Optuna in process, or Ray Tune) runs the selector's proposals;
 * **finish**: the best trial's model (optionally retrained on train+val), then the test score — computed once, at the
   very end. Nothing before that last step can see ``task.test``: every fit gets a view of the task without it.
@@ -30,6 +31,7 @@ from ..model.cost import try_count_flops
 from ..model.subtune import tuned_tensors
 from ..selection.prior import Prior
 from ..selection.profiling import profile as run_profile
+from ..selection.stats import STATS
 from ..training.cache import ActivationCache
 from ..training.folds import CacheView, cv_folds_of, holdout_rows
 from ..training.setup import BlocksSpec, Setup, blocks_spec, build_cache, prepare, with_head
@@ -44,11 +46,13 @@ from .result import (SearchResult, TrialRecord, pareto_front, preference, select
 from .selectors import BaseSelector, SelectorContext, get_selector
 from .space import BoundSpace, Candidate, SearchSpace
 
-__all__ = ["OBJECTIVES", "search"]
+__all__ = ["OBJECTIVES", "PRIORS", "resolve_prior", "search"]
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("score", "cost", "params")
+#: The priors ``search`` takes by name: the selector's own (``"auto"``), a profile, the learned predictor, a statistic.
+PRIORS = ("auto", "profile", "predictor", *STATS)
 _LEGACY_TRAINING = ("batch_size", "device", "amp", "memory", "retrain")
 _LEGACY_RUN = ("run_dir", "storage", "study_name", "callbacks", "progress")
 _LEGACY_RAY = ("resources_per_trial", "address", "max_failures")
@@ -61,7 +65,7 @@ def search(
     *,
     selector: str | BaseSelector = "tpe",
     space: str | SearchSpace = "subset",
-    prior: Any = "profile",
+    prior: Any = "auto",
     objectives: Sequence[str] = ("score",),
     pruner: Any = "auto",
     blocks: BlocksSpec = None,
@@ -89,11 +93,20 @@ def search(
             ``stopped_by``), a trial whose first epoch cannot finish in time is not started, and no trial is
             left WAITING in the study (unrun ones are recorded FAIL with ``unrun`` and run again on resume).
         selector: what to try next: ``"tpe"`` (default: TPE with the profile prior), ``"random"``, ``"greedy"``,
-            ``"profile-top-k"``, ``"nsga2"`` or a :class:`~autosub.hpo.selectors.BaseSelector`.
+            ``"profile-top-k"``, ``"nsga2"``; ``"predictor"``, ``"rgn"``, ``"cka"``, ``"logme"`` (top-k of a
+            ranking got with no training: the learned predictor's, or one peer statistic's); or a
+            :class:`~autosub.hpo.selectors.BaseSelector`.
         space: ``"subset"`` (one boolean per block), ``"consecutive"``, ``"single"`` or a
             :class:`~autosub.SearchSpace` (block count, lr / weight-decay ranges, parameter and cost constraints).
-        prior: ``"profile"`` (a one-epoch profile of every block, inside the budget), a Profile, ``{block: score}``
-            or None.
+        prior: ``"auto"`` (default): the selector's own — a one-epoch profile of every block inside the budget for
+            ``tpe`` / ``profile-top-k`` / ``nsga2``, the named ranking for ``predictor`` / ``rgn`` / ``cka`` /
+            ``logme``. ``"profile"``: that profile. ``"predictor"``: the learned layer predictor's scores
+            (:func:`autosub.predict_blocks`), and a statistic's name (``"rgn"``, ``"fisher"``, ``"snip"``,
+            ``"synflow"``, ``"cka"``, ``"logme"``, ``"hscore"``, ``"lp"``, ``"spectrum"``, ``"depth"``,
+            ``"params"``, ``"flops"``, ``"reshapes"``): that statistic alone, oriented as on autosub's corpus —
+            both from a few batches of the training split, no training (their wall time is the ``"prior"`` phase of
+            ``SearchResult.spent``; the statistics are in ``SearchResult.prior["evidence"]``). Or a Profile,
+            ``{block: score}``, or None. An unknown name is refused before any work.
         objectives: ``("score",)``, or add ``"cost"`` (added inference cost) and/or ``"params"`` (trainable
             parameters) for a Pareto front.
         pruner: ``"auto"`` (Hyperband over epochs), ``"hyperband"``, ``"halving"``, None, or any Optuna pruner.
@@ -123,7 +136,7 @@ def search(
                      legacy=legacy)
     task = as_task(dataset)
     state = _set_up(plan, model, task, blocks)
-    the_prior = _prior(plan, state, prior)
+    the_prior = _prior(plan, state)
     engine_run = _run(plan, state, the_prior)
     return _finish(plan, state, the_prior, engine_run, task)
 
@@ -135,6 +148,7 @@ class _Plan:
 
     budget: Budget
     selector: BaseSelector
+    prior: Any  # resolved: None, "profile", "predictor", a statistic's name, or an object for Prior.of
     spec: SearchSpace
     objectives: tuple[str, ...]
     pruner: Any
@@ -168,11 +182,7 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
         raise ConfigError("Optuna cannot prune multi-objective trials; leave pruner='auto' (off) or pass None.")
     if not (pruner in ("auto", "none", "hyperband", "halving", None) or hasattr(pruner, "prune")):
         raise ConfigError(f"The 'pruner' parameter of search must be 'auto', None or an optuna pruner; got {pruner!r}.")
-    if isinstance(prior, str) and prior != "profile":
-        raise ConfigError(f"The 'prior' parameter of search must be 'profile', None, a Profile or block scores; got "
-                          f"{prior!r} instead.")
-    if sel.needs_prior and prior is None:
-        raise ConfigError(f"The {sel.name!r} selector needs a prior; pass prior='profile' or a Profile.")
+    prior = resolve_prior(prior, sel)
     check_positive("epochs", epochs, "search", integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"The 'seed' parameter of search must be an int; got {seed!r} instead.")
@@ -185,8 +195,8 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
             raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={chosen.name!r}.")
         chosen = RayBackend(**{**{k: v for k, v in chosen.to_dict().items() if k != "name"}, **ray_opts})
     run_path = Path(run.run_dir) if run.run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
-    return _Plan(budget=Budget.of(budget), selector=sel, spec=spec, objectives=objs, pruner=pruner, epochs=int(epochs),
-                 seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
+    return _Plan(budget=Budget.of(budget), selector=sel, prior=prior, spec=spec, objectives=objs, pruner=pruner,
+                 epochs=int(epochs), seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
                  resume=resume)
 
 
@@ -206,6 +216,24 @@ def _legacy_options(legacy: dict[str, Any], training: TrainingConfig,
     training = replace(training, **{k: legacy[k] for k in _LEGACY_TRAINING if k in legacy})
     run = replace(run, **{k: legacy[k] for k in _LEGACY_RUN if k in legacy})
     return training, run, {k: legacy[k] for k in _LEGACY_RAY if k in legacy and legacy[k] is not None}
+
+
+def resolve_prior(prior: Any, sel: BaseSelector) -> Any:
+    """``prior`` resolved for ``sel`` ("auto" → the selector's own); an unknown name or a conflict → ConfigError."""
+    if isinstance(prior, str):
+        if prior not in PRIORS:
+            raise ConfigError(f"The 'prior' parameter of search must be one of {list(PRIORS)}, None, a Profile or "
+                              f"{{block: score}}; got {prior!r} instead.")
+        if prior == "auto":
+            prior = sel.default_prior
+    if sel.fixed_prior and not (isinstance(prior, str) and prior == sel.default_prior):
+        shown = prior if prior is None or isinstance(prior, str) else type(prior).__name__
+        raise ConfigError(f"The {sel.name!r} selector ranks blocks by {sel.default_prior!r} only; got prior={shown!r}. "
+                          f"Leave prior at 'auto', or use selector='profile-top-k' with the prior you want.")
+    if sel.needs_prior and prior is None:
+        raise ConfigError(f"The {sel.name!r} selector needs a prior; pass prior='profile', 'predictor', a "
+                          "statistic's name or a Profile.")
+    return prior
 
 
 def _check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
@@ -295,16 +323,23 @@ def _caches(plan: _Plan, setup: Setup, boundaries: list[int]) -> tuple[Any, list
 
 
 # ---------------------------------------------------------------------------------------------------- prior
-def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
-    """The saved prior on resume, a one-epoch profile inside the budget, the one passed, or None."""
-    n = len(state.setup.partition)
+def _prior(plan: _Plan, state: _State) -> Prior | None:
+    """The saved prior on resume, a zero-cost ranking, a one-epoch profile inside the budget, the one passed, or
+    None."""
+    n, prior = len(state.setup.partition), plan.prior
     if not plan.selector.uses_prior or prior is None:
         return None
     if state.saved.get("prior"):
         return Prior.from_dict(state.saved["prior"])
     if not isinstance(prior, str):
         return Prior.of(prior, n)
+    if prior != "profile":
+        return _zero_cost_prior(plan, state, prior)
     if not profile_affordable(plan.budget, state.bound, state.meter.epoch_seconds):
+        if plan.selector.needs_prior:
+            raise ConfigError(f"The budget ({plan.budget.describe()}) is too small for the one-epoch profile the "
+                              f"{plan.selector.name!r} selector ranks by; raise it, or pass prior='predictor' (no "
+                              "training) or a Profile.")
         log.warning("the budget (%s) is too small for a profile prior; searching without one", plan.budget.describe())
         return None
     t0 = time.perf_counter()
@@ -315,6 +350,22 @@ def _prior(plan: _Plan, state: _State, prior: Any) -> Prior | None:
                        progress=plan.run.progress)
     state.meter.add_phase("prior", time.perf_counter() - t0)
     found = Prior.of(prof, n)
+    state.engine.store.record_state({"prior": found.to_dict()})  # a driver killed after this reuses it
+    return found
+
+
+def _zero_cost_prior(plan: _Plan, state: _State, name: str) -> Prior:
+    """The learned predictor's or one statistic's ranking, from the training split only; no training."""
+    from ..selection.predictor import zero_cost_prior
+
+    setup, sel = state.setup, plan.selector
+    direction = getattr(sel, "direction", None) if sel.fixed_prior and name == sel.default_prior else None
+    t0 = time.perf_counter()
+    found = zero_cost_prior(setup.model, setup.view, name, partition=setup.partition, seed=plan.seed,
+                            direction=direction, device=setup.device)  # setup.view holds no test split
+    state.meter.add_phase("prior", time.perf_counter() - t0)
+    log.info("prior %r from network statistics in %.2fs: blocks best first %s", name,
+             time.perf_counter() - t0, found.ranking)
     state.engine.store.record_state({"prior": found.to_dict()})  # a driver killed after this reuses it
     return found
 

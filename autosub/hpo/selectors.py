@@ -23,6 +23,11 @@ predictor later, or any ``{block: score}``. It acts in three ways:
    (dropping the lowest-rated blocks first), so no trial is wasted on an infeasible selection.
 
 Without a prior the same sampler draws uniformly (``tpe`` with ``prior=None``; ``random`` always).
+
+**Zero-cost rankings.** ``search(prior="predictor")`` (the learned layer predictor) or ``prior="rgn"`` (any single
+statistic of :mod:`autosub.selection.stats`) builds the prior from a few batches of the training data, with no
+training. The selectors ``predictor``, ``rgn`` (Auto-RGN), ``cka`` and ``logme`` are ``profile-top-k`` over such a
+ranking: the peers' single-statistic methods, run under the same budget and bookkeeping as every selector.
 """
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ from ..selection.greedy_selection import accepts, choose_move
 from ..selection.prior import Prior
 from .space import KINDS, BoundSpace
 
-__all__ = ["BaseSelector", "GreedySelector", "NSGA2Selector", "Prior", "Proposal", "RandomSelector", "SELECTORS",
-           "SelectorContext", "StructuredSampler", "TPESelector", "TopKSelector", "get_selector", "profile_trials",
+__all__ = ["BaseSelector", "CKASelector", "GreedySelector", "LogMESelector", "NSGA2Selector", "PredictorSelector",
+           "Prior", "Proposal", "RandomSelector", "RankedTopKSelector", "RGNSelector", "SELECTORS", "SelectorContext",
+           "StatisticSelector", "StructuredSampler", "TPESelector", "TopKSelector", "get_selector", "profile_trials",
            "register_selector"]
 
 log = logging.getLogger(__name__)
@@ -159,6 +165,11 @@ class BaseSelector:
     """Whether ``search()`` builds a prior (a profile) for it; selectors without one never pay for it."""
     needs_prior: ClassVar[bool] = False
     """Whether it cannot work without a prior (``search(prior=None)`` is refused)."""
+    default_prior: ClassVar[str] = "profile"
+    """The prior ``search(prior="auto")`` (the default) builds for it when it uses one: ``"profile"``,
+    ``"predictor"`` or a statistic's name (``"rgn"`` …)."""
+    fixed_prior: ClassVar[bool] = False
+    """Whether it ranks by its ``default_prior`` only: ``search`` refuses any other prior before any work."""
     prunable: ClassVar[bool] = True
     """Whether its trials may be stopped early (Optuna's pruner / Ray's ASHA); off for plans that compare
     finished scores (greedy)."""
@@ -345,6 +356,63 @@ class TopKSelector(BaseSelector):
     def propose(self, ctx: SelectorContext, history: Sequence[Any]) -> list[Proposal] | None:
         pending = any(r.state in ("WAITING", "RUNNING") for r in history)
         return [] if pending else None
+
+
+class RankedTopKSelector(TopKSelector):
+    """``profile-top-k`` over a ranking got with no training (its ``default_prior``): k = 1 .. max_blocks.
+
+    The ranking itself trains nothing (a few forward/backward passes, seconds); the k top-k sets are then
+    trained like any trial, so the result has a validation score and a model, and the best k wins on validation.
+    Not registered: the subclasses below name the ranking.
+    """
+
+    fixed_prior = True
+
+
+@register_selector("predictor")
+class PredictorSelector(RankedTopKSelector):
+    """Top-k of the learned layer predictor's ranking (:func:`autosub.predict_blocks`)."""
+
+    default_prior = "predictor"
+
+
+class StatisticSelector(RankedTopKSelector):
+    """Top-k of one network statistic's ranking (a peer's single-statistic selector).
+
+    Args:
+        direction: +1 = a higher value is a better block to tune (the peers' published rule for Auto-RGN, CKA and
+            LogME), −1 = lower, None (default) = the orientation the statistic has on autosub's shipped corpus of
+            measured profiles (:func:`autosub.selection.predictor.corpus_directions`) — the stronger of the two
+            there, the same as ``benchmarks/bench_predictor.py`` compares the predictor against.
+    """
+
+    def __init__(self, *, direction: float | None = None) -> None:
+        if direction is not None and (isinstance(direction, bool) or direction not in (1, -1)):
+            raise ConfigError(f"The 'direction' parameter of the {self.name!r} selector must be +1, -1 or None (the "
+                              f"shipped corpus's orientation); got {direction!r} instead.")
+        super().__init__(direction=direction)
+        self.direction = None if direction is None else float(direction)
+
+
+@register_selector("rgn", "auto-rgn")
+class RGNSelector(StatisticSelector):
+    """Auto-RGN (Lee et al. 2023): blocks ranked by their relative gradient norm ‖∇W‖/‖W‖ with a fresh head."""
+
+    default_prior = "rgn"
+
+
+@register_selector("cka")
+class CKASelector(StatisticSelector):
+    """CKA-based selection: blocks ranked by 1 − linear CKA of their input and output."""
+
+    default_prior = "cka"
+
+
+@register_selector("logme")
+class LogMESelector(StatisticSelector):
+    """LogME (You et al. 2021) of each block's pooled output as the block's rating."""
+
+    default_prior = "logme"
 
 
 @register_selector("greedy")

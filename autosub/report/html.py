@@ -241,6 +241,20 @@ def _profile(run: Any) -> str:
     if prior and prior.get("scores"):
         scores = {int(k): float(v) for k, v in prior["scores"].items()}
         bars = [svg.Bar(_short(names, b), s, highlight=b in sel) for b, s in sorted(scores.items())]
+        source = prior.get("source", "profile")
+        if source != "profile":  # a zero-cost ranking or the user's scores: not accuracies, no baseline lines
+            evidence = prior.get("evidence") or {}
+            if source == "predictor":
+                what = "the learned layer predictor's score"
+            elif evidence.get("kind") == "statistic":
+                what = f"the {source!r} statistic (oriented so that higher is better)"
+            else:
+                what = "the given score"
+            how = (f", from network statistics in {evidence['wall_time']:.1f}s with no training"
+                   if evidence.get("wall_time") is not None else "")
+            cap = f"The search's prior: {what} per block{how}; higher = better to tune (only the order is used)."
+            chart = svg.bar_chart(bars, title="prior", ylabel="prior score", unit=False)
+            return _section("profile", "Prior", _figure(chart, _e(cap), "profile"))
         cap = ("The search's prior: a one-epoch profile of every block (one seed, inside the search budget); these "
                "runs are trials of the study too. Dashed lines: the baselines' validation accuracy.")
         return _section("profile", "Profile prior", _figure(svg.bar_chart(bars, lines=lines, title="prior"), _e(cap),

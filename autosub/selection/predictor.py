@@ -28,11 +28,12 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from ..errors import ConfigError, DataError
+from .prior import Prior
 from .stats import STATS, BlockStats, block_stats
 
-__all__ = ["BLOCK_FEATURES", "DEFAULT_FEATURES", "TASK_FEATURES", "BlockPrediction", "corpus_directions", "CorpusEntry", "directions",
-           "feature_matrix", "LayerPredictor", "load_corpus", "normalize_scores", "predict_blocks",
-           "PredictorNotFittedError", "statistic_scores"]
+__all__ = ["BLOCK_FEATURES", "DEFAULT_FEATURES", "TASK_FEATURES", "ZERO_COST_PRIORS", "BlockPrediction",
+           "corpus_directions", "CorpusEntry", "directions", "feature_matrix", "LayerPredictor", "load_corpus",
+           "normalize_scores", "predict_blocks", "PredictorNotFittedError", "statistic_scores", "zero_cost_prior"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ DEFAULT_FEATURES = ("depth", "flops", "reshapes", "spectrum", "hscore", "logme",
 TASK_FEATURES = ("log_train", "log_classes", "final_lp", "final_logme", "text", "n_blocks")
 ESTIMATORS = ("gbm", "ridge", "pairwise")
 TARGETS = ("zscore", "rank")
+#: The priors :func:`zero_cost_prior` builds with no training: the learned predictor, or one statistic alone.
+ZERO_COST_PRIORS = ("predictor", *STATS)
 
 
 class PredictorNotFittedError(ConfigError, NotFittedError):
@@ -314,11 +317,15 @@ def _default_predictor() -> LayerPredictor:
 
 def directions(entries: Sequence[CorpusEntry], names: Sequence[str] = STATS) -> dict[str, float]:
     """+1 where a statistic's mean within-task Spearman with the measured scores is ≥ 0 on ``entries``, else −1."""
-    from scipy.stats import spearmanr
+    import warnings
+
+    from scipy.stats import ConstantInputWarning, spearmanr
 
     out = {}
     for name in names:
-        rhos = [spearmanr(e.stats.values[name], e.scores).statistic for e in entries]
+        with warnings.catch_warnings():  # a statistic constant over a task's blocks has no correlation (nan: skipped)
+            warnings.simplefilter("ignore", ConstantInputWarning)
+            rhos = [spearmanr(e.stats.values[name], e.scores).statistic for e in entries]
         out[name] = 1.0 if not np.all(np.isnan(rhos)) and np.nanmean(rhos) >= 0 else -1.0
     return out
 
@@ -392,3 +399,37 @@ def predict_blocks(model: Any, task: Any, *, partition: Any = None, seed: int = 
     scores = np.asarray(fitted.predict(stats), dtype=float)
     return BlockPrediction(scores=scores, block_names=list(stats.block_names), block_stats=stats,
                            wall_time=time.perf_counter() - t0)
+
+
+def zero_cost_prior(model: Any, task: Any, name: str = "predictor", *, partition: Any = None, seed: int = 0,
+                    direction: float | None = None, device: Any = None,
+                    predictor: LayerPredictor | None = None) -> Prior:
+    """A :class:`~autosub.selection.prior.Prior` over the blocks of ``model`` on ``task``, with no training.
+
+    ``name``: ``"predictor"`` (:func:`predict_blocks`) or a statistic of :data:`~autosub.selection.stats.STATS`
+    (:func:`statistic_scores` of :func:`~autosub.selection.stats.block_stats`, oriented by ``direction``: +1 =
+    higher is better, −1 = lower, None = the orientation it has on the shipped corpus). Only ``task.train`` is
+    read. The prior's ``evidence`` holds every statistic per block, their wall time and the orientation used.
+    """
+    if name not in ZERO_COST_PRIORS:
+        raise ConfigError(f"Unknown zero-cost prior {name!r}; choose one of {list(ZERO_COST_PRIORS)}.")
+    if direction is not None and direction not in (1, -1):
+        raise ConfigError(f"The 'direction' parameter of zero_cost_prior must be +1, -1 or None; got {direction!r}.")
+    t0 = time.perf_counter()
+    if name == "predictor":
+        if direction is not None:
+            raise ConfigError("The learned predictor has no orientation to choose; leave 'direction' as None.")
+        pred = predict_blocks(model, task, partition=partition, seed=seed, predictor=predictor, device=device)
+        stats, scores = pred.block_stats, pred.as_prior()
+    else:
+        stats = block_stats(model, task, partition=partition, seed=seed, device=device)
+        direction = corpus_directions()[name] if direction is None else float(direction)
+        scores = statistic_scores(stats, name, direction=direction)
+    wall = time.perf_counter() - t0
+    evidence = {"kind": "predictor" if name == "predictor" else "statistic", "name": name,
+                "direction": direction, "wall_time": round(wall, 4), "stats_wall_time": round(stats.wall_time, 4),
+                "times": {k: round(v, 4) for k, v in stats.times.items()}, "block_names": list(stats.block_names),
+                "n_examples": int(stats.task.get("n_sample", 0)),
+                "values": {k: [float(x) for x in v] for k, v in stats.values.items()}}
+    ranking = sorted(scores, key=lambda b: (-scores[b], b))
+    return Prior(ranking, dict(scores), [], source=name, evidence=evidence)

@@ -1,7 +1,9 @@
 """A prior: a rating of the blocks (best first, with scores and measured pairs) that a search starts from.
 
-It comes from a finetuning profile (``autosub.profile``), a learned predictor, or any ``{block: score}`` mapping;
-``autosub/hpo/selectors.py`` explains how TPE uses it (warm start, enqueued first trials, biased sampling).
+It comes from a finetuning profile (``autosub.profile``), the learned predictor or one network statistic
+(``search(prior="predictor")``, ``prior="rgn"`` …, with the statistics behind it as ``evidence``), or any
+``{block: score}`` mapping; ``autosub/hpo/selectors.py`` explains how TPE uses it (warm start, enqueued first
+trials, biased sampling).
 """
 from __future__ import annotations
 
@@ -18,13 +20,19 @@ __all__ = ["Prior"]
 
 @dataclass
 class Prior:
-    """A rating of the blocks (best first) with optional pair scores and the profile it came from."""
+    """A rating of the blocks (best first) with optional pair scores and what it came from.
+
+    ``source``: ``"profile"``, ``"predictor"``, a statistic's name (``"rgn"`` …), ``"scores"`` or ``"user"``;
+    ``profile``: the Profile, when it is one; ``evidence``: plain data on how a zero-cost prior was got (the
+    per-block statistics, their wall time), kept with the prior in the study and the result.
+    """
 
     ranking: list[int]
     scores: dict[int, float] = field(default_factory=dict)
     pairs: list[tuple[tuple[int, int], float]] = field(default_factory=list)
     source: str = "user"
     profile: Any = None  # an autosub.profile.Profile, when the prior is one
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, obj: Any, n_blocks: int) -> Prior:
@@ -43,8 +51,9 @@ class Prior:
             scores = {i: float(v) for i, v in enumerate(obj)}
             prior = cls(sorted(scores, key=lambda b: (-scores[b], b)), scores, [], "scores")
         else:
-            raise ConfigError(f"The 'prior' parameter of search must be 'profile', None, a Profile, a {{block: score}} "
-                              f"dict or {n_blocks} per-block scores; got {type(obj).__name__} instead.")
+            raise ConfigError(f"The 'prior' parameter of search must be 'auto', 'profile', 'predictor', a statistic's "
+                              f"name, None, a Profile, a {{block: score}} dict or {n_blocks} per-block scores; got "
+                              f"{type(obj).__name__} instead.")
         bad = [b for b in prior.ranking if not 0 <= b < n_blocks]
         if bad or not prior.ranking:
             raise ConfigError(f"The prior rates blocks {bad or prior.ranking} but the model has blocks "
@@ -60,10 +69,14 @@ class Prior:
         return z
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ranking": list(self.ranking), "scores": {str(k): v for k, v in self.scores.items()},
-                "pairs": [[list(p), s] for p, s in self.pairs], "source": self.source}
+        out = {"ranking": list(self.ranking), "scores": {str(k): v for k, v in self.scores.items()},
+               "pairs": [[list(p), s] for p, s in self.pairs], "source": self.source}
+        if self.evidence:
+            out["evidence"] = self.evidence
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Prior:
         return cls([int(b) for b in d["ranking"]], {int(k): float(v) for k, v in d.get("scores", {}).items()},
-                   [((int(p[0][0]), int(p[0][1])), float(p[1])) for p in d.get("pairs", [])], d.get("source", "user"))
+                   [((int(p[0][0]), int(p[0][1])), float(p[1])) for p in d.get("pairs", [])], d.get("source", "user"),
+                   evidence=dict(d.get("evidence") or {}))

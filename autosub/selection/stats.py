@@ -331,6 +331,8 @@ def _spectrum(work: nn.Module, part: Partition) -> list[float]:
             if p.ndim < 2:
                 continue
             s = torch.linalg.svdvals(p.reshape(p.shape[0], -1).float())
+            if not float(s.max()) > 0:  # an all-zero matrix has no condition number (left out)
+                continue
             conds.append(math.log10(float(s.max()) / max(float(s.min()), 1e-7 * float(s.max()), 1e-30)))
         out.append(float(np.mean(conds)) if conds else float("nan"))
     return out
