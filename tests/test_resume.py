@@ -193,3 +193,29 @@ def test_a_finished_search_is_extended_only_by_a_bigger_budget(model, task, tmp_
 def test_resume_join_is_validated():
     with pytest.raises(ConfigError, match="'resume' parameter of search must be False, True or 'join'"):
         search(None, None, 1, resume="yes")
+
+
+def test_ctrl_c_in_a_trial_then_resume_finishes_the_original_budget(model, task, tmp_path, monkeypatch):
+    import autosub.hpo.searching as S
+
+    real, calls = S.fit, []
+
+    def interrupt_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    kw = dict(epochs=1, seed=0, prior=None, selector="random", space=SearchSpace(max_blocks=2),
+              run={"run_dir": tmp_path, "study_name": "c", "progress": False})
+    monkeypatch.setattr(S, "fit", interrupt_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        search(model, task, 3, **kw)
+    monkeypatch.setattr(S, "fit", real)
+    res = search(model, task, 3, resume=True, **kw)  # the same budget: the trials it had left
+    trials = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["fail_reason"] == "interrupted"
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params  # retried first
+    assert res.spent["trials"] == 3 and len(_counted(trials)) == 3
+    assert res.records[1].user_attrs["fail_reason"] == "interrupted" and len(res.records) == 4
