@@ -9,6 +9,7 @@ space are refused before any trial. Only Optuna's public API reads the study.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,9 +50,14 @@ DRIVER = textwrap.dedent('''
     if point == "cache":  # while the prefix cache is being filled
         real_caches = S._caches
         S._caches = lambda plan, setup, boundaries: (real_caches(plan, setup, boundaries), die())[0]
-    elif point == "prior":  # while the profile prior runs
-        real_profile = S.run_profile
-        S.run_profile = lambda *a, **k: (real_profile(*a, **k), die())[0]
+    elif point == "prior":  # while the profile prior runs: after its second entry was checkpointed
+        import autosub.selection.profiling as P
+        real_put = P._Checkpoint.put
+        def put(self, entries, epochs):
+            real_put(self, entries, epochs)
+            if len(self.entries) == 2:
+                die()
+        P._Checkpoint.put = put
     elif point == "mid-trial":  # after the first epoch of the second trial that trains
         real_fit, calls = S.fit, []
         def fit(*a, callback=None, **k):
@@ -134,15 +140,37 @@ def test_a_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(p
     prior_before = _state(run_dir).get("prior")
     if point == "mid-trial":
         assert len(running_before) == 1  # the killed trial, left RUNNING by the dead driver
-    profiled = []
+    profiled: list = []
     if point in ("mid-trial", "between", "end"):  # the prior finished before the kill: it must be reused
         monkeypatch.setattr("autosub.hpo.searching.run_profile", lambda *a, **k: profiled.append(1) or 1 / 0)
+    partial = run_dir / "prior-f.partial.json"
+    if point == "prior":  # killed mid-profile: its two finished entries are reused, the others trained
+        import autosub.hpo.searching as S
+
+        assert len(json.loads(partial.read_text())["entries"]) == 2
+        real_profile = S.run_profile
+
+        def spy(*a, **k):
+            prof = real_profile(*a, **k)
+            whole = real_profile(*a, **{**k, "checkpoint": None})  # the same profile, uninterrupted
+            profiled.append((prof, whole))
+            return prof
+
+        monkeypatch.setattr(S, "run_profile", spy)
 
     res = search(model, task, BUDGET, epochs=2, seed=0, space=SearchSpace(max_blocks=2), resume=True,
                  run={"run_dir": run_dir, "study_name": "f", "progress": False})
 
     after = _trials(run_dir)
-    assert not profiled
+    if point == "prior":
+        (prof, whole), = profiled
+        n = len(whole.entries)
+        assert prof.config["reused"] == 2 and prof.n_fits == n - 2 and whole.n_fits == n  # not retrained
+        assert prof.ranking() == whole.ranking() and res.prior == _state(run_dir)["prior"]
+        assert [e.scores for e in prof.entries] == [e.scores for e in whole.entries]
+        assert not partial.exists()  # recorded in the study: the checkpoint is gone
+    else:
+        assert not profiled
     assert not [t for t in after if t.state.name in ("WAITING", "RUNNING")]  # the study is consistent
     for number, (params, values) in complete_before.items():  # no completed trial lost or changed
         assert after[number].state.name == "COMPLETE" and after[number].params == params
