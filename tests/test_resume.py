@@ -26,6 +26,8 @@ from autosub.errors import ConfigError
 from autosub.hpo.searching import search
 from autosub.hpo.space import SearchSpace
 
+from _faults import counted as _counted
+
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 4
 
@@ -118,14 +120,6 @@ def _state(run_dir: Path) -> dict:
     if "f" not in optuna.study.get_all_study_names(url):
         return {}
     return dict(optuna.load_study(study_name="f", storage=url).user_attrs.get("autosub", {}))
-
-
-def _counted(trials) -> list:
-    """The trials the budget counts: finished and run by the search (not the profile's known results, not a lost
-    trial whose retry runs it again, not one settled unrun)."""
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("known")
-            and not t.user_attrs.get("unrun") and not (t.state.name == "FAIL" and t.number in retried)]
 
 
 @pytest.mark.parametrize("point", ["cache", "prior", "mid-trial", "between", "end"])
