@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -234,7 +234,7 @@ def profile(
     sizes = _rung_sizes(len(todo), rungs, eta)
     n_pair_fits = math.comb(n_pairs if n_pairs is not None else len(todo), 2) if pairs else 0
     total = seeds * (sum(sizes) + n_pair_fits + (2 if baselines else 0))
-    saved = _Checkpoint.open(checkpoint, {
+    saved = _Checkpoint.open(checkpoint, lambda: {  # fingerprints only when there is a checkpoint
         "trunk": trunk_fingerprint(run.work, part), "data": data_fingerprint(view.train, view.val),
         "blocks": list(todo), "seeds": seeds, "batch_size": batch_size, "seed": seed, "cached": shared is not None,
         "fused": fusing, "device": dev.type})
@@ -340,10 +340,11 @@ class _Checkpoint:
         self.path, self.key, self.entries, self.reused = path, key, entries, 0
 
     @classmethod
-    def open(cls, path: str | Path | None, key: dict[str, Any]) -> "_Checkpoint":
+    def open(cls, path: str | Path | None, make_key: Callable[[], dict[str, Any]]) -> "_Checkpoint":
+        """The checkpoint at ``path`` (None: none is kept); ``make_key`` gives what its entries depend on."""
         if path is None:
-            return cls(None, key, {})
-        path = Path(path)
+            return cls(None, {}, {})
+        path, key = Path(path), make_key()
         entries: dict[str, dict] = {}
         if path.exists():
             try:
