@@ -150,8 +150,6 @@ def _finished_trials(db: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ in process
-@pytest.mark.xfail(strict=False, reason="known issue (issue 10 merge): after Ctrl-C the interrupted trial's retry is "
-                   "settled 'unrun' at exit and the resumed search completes one trial fewer than its budget")
 def test_interrupted_search_resumes_with_the_trials_it_had_left(tmp_path, monkeypatch, capsys):
     import autosub.hpo.searching as searching
 
@@ -181,6 +179,10 @@ def test_interrupted_search_resumes_with_the_trials_it_had_left(tmp_path, monkey
     assert (run / "command.txt").read_text().count("\n") == 2  # the search, then the resume
     assert main(["resume", str(run)]) == EXIT_BAD_INPUT  # finished: extending it needs --trials N
     assert "already finished" in capsys.readouterr().err
+    assert main(["resume", str(run), "--trials", "1", "--quiet", "--json"]) == 0  # one more than the 3 spent
+    assert json.loads(capsys.readouterr().out)["spent"]["trials"] == 4
+    trials = pd.read_csv(run / "result" / "trials.csv")
+    assert (trials["state"] == "COMPLETE").sum() == 4 and trials["number"].is_unique
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -168,3 +168,27 @@ def test_a_damaged_profile_file_fails_with_a_clear_error(tmp_path):
     (tmp_path / "p.json").write_text('{"entries": [{"selection": [0]}]}')
     with pytest.raises(WeightsError, match="not a valid profile: KeyError"):
         Profile.load(tmp_path / "p.json")
+
+
+def test_a_profile_checkpoint_is_reused_only_for_the_same_trunk_data_and_settings(oracle, tmp_path, caplog):
+    model, task = oracle
+    kw = dict(epochs=2, min_epochs=1, eta=2, fidelity="halving", seeds=1, lr=1e-2, baselines=False, progress=False)
+    path = tmp_path / "partial.json"
+    whole = profile(model, task, checkpoint=path, **kw)
+    assert whole.n_fits == 4 + 2 and whole.config["reused"] == 0 and path.is_file()
+    again = profile(model, task, checkpoint=path, **kw)  # every entry finished: nothing is trained
+    assert again.n_fits == 0 and again.config["reused"] == 6
+    assert again.ranking() == whole.ranking() and [e.to_dict() for e in again.entries] == [
+        e.to_dict() for e in whole.entries]  # the rung histories merged as before
+    import json
+
+    data = json.loads(path.read_text())
+    keep = sorted(data["entries"])[:2]  # as if killed after two entries of the first rung
+    data["entries"] = {k: data["entries"][k] for k in keep}
+    path.write_text(json.dumps(data))
+    part = profile(model, task, checkpoint=path, **kw)
+    assert part.config["reused"] == 2 and part.n_fits == 4 + 2 - 2 and part.ranking() == whole.ranking()
+    other = profile(model, task, checkpoint=path, **{**kw, "seed": 1})  # other settings: nothing reused
+    assert other.config["reused"] == 0 and other.n_fits == 6 and "another model, data or settings" in caplog.text
+    path.write_text("{trunc")
+    assert profile(model, task, checkpoint=path, **kw).n_fits == 6 and "ignoring the checkpoint" in caplog.text

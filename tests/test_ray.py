@@ -267,6 +267,114 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     assert os.listdir(tmp_path / "run" / "ray") == ["autosub"]  # the same Tune experiment, restored
 
 
+FAULTS = textwrap.dedent("""
+    import json, os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    import timm, torch
+    import autosub.hpo.searching as S
+    import autosub.selection.profiling as P
+    from conftest import make_image_task
+    from autosub.hpo.backends import RayBackend
+    from autosub.hpo.space import SearchSpace
+
+    point, mode, run_dir, marks = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    DRIVER = os.getpid()
+
+    def die():
+        sys.stdout.flush()
+        os.kill(DRIVER, signal.SIGKILL)
+        time.sleep(60)  # a worker that killed the driver: Ray ends it with the driver's job
+
+    callbacks, profiles = [], []
+    if mode == "new" and point == "prior":  # during the profile, after its second entry was checkpointed
+        real_put = P._Checkpoint.put
+        def put(self, entries, epochs):
+            real_put(self, entries, epochs)
+            if len(self.entries) == 2:
+                die()
+        P._Checkpoint.put = put
+    elif mode == "new" and point == "mid-trial":  # the second trial to finish epoch 1 kills the driver from its
+        real_fit = S.fit                          # worker, with trials running (Ray ships this function there)
+        def fit(*a, checkpoint=None, **k):
+            def save(state):  # before the epoch is reported (ASHA may stop a trial at its report)
+                if state.epoch == 1:
+                    n = 0
+                    while True:
+                        try:
+                            os.close(os.open(os.path.join(marks, str(n)), os.O_CREAT | os.O_EXCL))
+                            break
+                        except FileExistsError:
+                            n += 1
+                    if n == 1:
+                        die()
+                checkpoint(state)
+            return real_fit(*a, checkpoint=save if checkpoint is not None else None, **k)
+        S.fit = fit
+    elif mode == "new" and point == "between":  # on the driver, after the second trial was told to the study
+        seen = []
+        callbacks = [lambda rec, model: rec.user_attrs.get("known") or (seen.append(rec.number), len(seen) == 2
+                                                                         and die())]
+    if mode == "resume":  # record the resumed profile's work, and the same profile uninterrupted
+        real_profile = S.run_profile
+        def spy(*a, **k):
+            prof = real_profile(*a, **k)
+            whole = real_profile(*a, **{{**k, "checkpoint": None}})
+            profiles.append({{"n_fits": prof.n_fits, "reused": prof.config["reused"], "ranking": prof.ranking(),
+                              "whole_n_fits": whole.n_fits, "whole_ranking": whole.ranking(),
+                              "same_scores": [e.scores for e in prof.entries] == [e.scores for e in whole.entries]}})
+            return prof
+        S.run_profile = spy
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False).eval()
+    res = S.search(model, make_image_task(n=48, px=16), {budget}, backend=RayBackend(address="auto",
+                   resources_per_trial={{"cpu": 1}}), resume=mode == "resume", space=SearchSpace(max_blocks=2),
+                   epochs=2, seed=0, run={{"run_dir": run_dir, "progress": False, "callbacks": callbacks}})
+    print("RESULT " + json.dumps({{"stop": res.spent["stop_reason"], "trials": res.spent["trials"],
+                                  "prior": res.prior, "profiles": profiles}}))
+""")
+RAY_BUDGET = 4
+
+
+@pytest.mark.parametrize("point", ["prior", "mid-trial", "between"])
+def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, cluster, tmp_path):
+    from _faults import check_resumed, study_of
+
+    script, run_dir, marks = tmp_path / "faults.py", tmp_path / "run", tmp_path / "marks"
+    marks.mkdir()
+    script.write_text(FAULTS.format(tests=str(HERE), budget=RAY_BUDGET))
+    env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
+    drive = lambda mode: subprocess.run([sys.executable, str(script), point, mode, str(run_dir), str(marks)],  # noqa: E731
+                                        env=env, capture_output=True, text=True, timeout=300)
+    first = drive("new")
+    assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
+    study = study_of(run_dir, "autosub")
+    assert study is not None
+    before = study.get_trials(deepcopy=False)
+    prior_before = study.user_attrs.get("autosub", {}).get("prior")
+    if point == "prior":
+        assert prior_before is None and not before
+        assert len(json.loads((run_dir / "prior-autosub.partial.json").read_text())["entries"]) == 2
+    else:
+        assert prior_before  # recorded before the kill
+        if point == "between":
+            assert len([t for t in before if t.state.is_finished() and not t.user_attrs.get("known")]) >= 2
+        else:  # killed from a worker, with its trial running
+            assert [t for t in before if t.state.name == "RUNNING"]
+
+    second = drive("resume")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in second.stdout.splitlines() if line.startswith("RESULT ")))
+    check_resumed(before, study_of(run_dir, "autosub"), RAY_BUDGET)
+    assert out["trials"] == RAY_BUDGET and out["stop"].startswith("trials"), out
+    if point == "prior":  # the two finished entries reused, the rest trained; the same ranking as uninterrupted
+        (prof,) = out["profiles"]
+        assert prof["reused"] == 2 and prof["n_fits"] == prof["whole_n_fits"] - 2, prof
+        assert prof["ranking"] == prof["whole_ranking"] and prof["same_scores"], prof
+        assert not (run_dir / "prior-autosub.partial.json").exists()
+    else:  # the prior the dead driver computed, not a new one
+        assert out["profiles"] == [] and out["prior"] == prior_before
+
+
 CLIENT = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, {tests!r})

@@ -9,6 +9,7 @@ space are refused before any trial. Only Optuna's public API reads the study.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from autosub.data.task import Split, Task
 from autosub.errors import ConfigError
 from autosub.hpo.searching import search
 from autosub.hpo.space import SearchSpace
+
+from _faults import counted as _counted
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 4
@@ -49,9 +52,14 @@ DRIVER = textwrap.dedent('''
     if point == "cache":  # while the prefix cache is being filled
         real_caches = S._caches
         S._caches = lambda plan, setup, boundaries: (real_caches(plan, setup, boundaries), die())[0]
-    elif point == "prior":  # while the profile prior runs
-        real_profile = S.run_profile
-        S.run_profile = lambda *a, **k: (real_profile(*a, **k), die())[0]
+    elif point == "prior":  # while the profile prior runs: after its second entry was checkpointed
+        import autosub.selection.profiling as P
+        real_put = P._Checkpoint.put
+        def put(self, entries, epochs):
+            real_put(self, entries, epochs)
+            if len(self.entries) == 2:
+                die()
+        P._Checkpoint.put = put
     elif point == "mid-trial":  # after the first epoch of the second trial that trains
         real_fit, calls = S.fit, []
         def fit(*a, callback=None, **k):
@@ -114,14 +122,6 @@ def _state(run_dir: Path) -> dict:
     return dict(optuna.load_study(study_name="f", storage=url).user_attrs.get("autosub", {}))
 
 
-def _counted(trials) -> list:
-    """The trials the budget counts: finished and run by the search (not the profile's known results, not a lost
-    trial whose retry runs it again, not one settled unrun)."""
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("known")
-            and not t.user_attrs.get("unrun") and not (t.state.name == "FAIL" and t.number in retried)]
-
-
 @pytest.mark.parametrize("point", ["cache", "prior", "mid-trial", "between", "end"])
 def test_a_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, model, task, tmp_path,
                                                                                monkeypatch):
@@ -134,15 +134,37 @@ def test_a_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(p
     prior_before = _state(run_dir).get("prior")
     if point == "mid-trial":
         assert len(running_before) == 1  # the killed trial, left RUNNING by the dead driver
-    profiled = []
+    profiled: list = []
     if point in ("mid-trial", "between", "end"):  # the prior finished before the kill: it must be reused
         monkeypatch.setattr("autosub.hpo.searching.run_profile", lambda *a, **k: profiled.append(1) or 1 / 0)
+    partial = run_dir / "prior-f.partial.json"
+    if point == "prior":  # killed mid-profile: its two finished entries are reused, the others trained
+        import autosub.hpo.searching as S
+
+        assert len(json.loads(partial.read_text())["entries"]) == 2
+        real_profile = S.run_profile
+
+        def spy(*a, **k):
+            prof = real_profile(*a, **k)
+            whole = real_profile(*a, **{**k, "checkpoint": None})  # the same profile, uninterrupted
+            profiled.append((prof, whole))
+            return prof
+
+        monkeypatch.setattr(S, "run_profile", spy)
 
     res = search(model, task, BUDGET, epochs=2, seed=0, space=SearchSpace(max_blocks=2), resume=True,
                  run={"run_dir": run_dir, "study_name": "f", "progress": False})
 
     after = _trials(run_dir)
-    assert not profiled
+    if point == "prior":
+        (prof, whole), = profiled
+        n = len(whole.entries)
+        assert prof.config["reused"] == 2 and prof.n_fits == n - 2 and whole.n_fits == n  # not retrained
+        assert prof.ranking() == whole.ranking() and res.prior == _state(run_dir)["prior"]
+        assert [e.scores for e in prof.entries] == [e.scores for e in whole.entries]
+        assert not partial.exists()  # recorded in the study: the checkpoint is gone
+    else:
+        assert not profiled
     assert not [t for t in after if t.state.name in ("WAITING", "RUNNING")]  # the study is consistent
     for number, (params, values) in complete_before.items():  # no completed trial lost or changed
         assert after[number].state.name == "COMPLETE" and after[number].params == params
@@ -193,3 +215,29 @@ def test_a_finished_search_is_extended_only_by_a_bigger_budget(model, task, tmp_
 def test_resume_join_is_validated():
     with pytest.raises(ConfigError, match="'resume' parameter of search must be False, True or 'join'"):
         search(None, None, 1, resume="yes")
+
+
+def test_ctrl_c_in_a_trial_then_resume_finishes_the_original_budget(model, task, tmp_path, monkeypatch):
+    import autosub.hpo.searching as S
+
+    real, calls = S.fit, []
+
+    def interrupt_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    kw = dict(epochs=1, seed=0, prior=None, selector="random", space=SearchSpace(max_blocks=2),
+              run={"run_dir": tmp_path, "study_name": "c", "progress": False})
+    monkeypatch.setattr(S, "fit", interrupt_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        search(model, task, 3, **kw)
+    monkeypatch.setattr(S, "fit", real)
+    res = search(model, task, 3, resume=True, **kw)  # the same budget: the trials it had left
+    trials = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["fail_reason"] == "interrupted"
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params  # retried first
+    assert res.spent["trials"] == 3 and len(_counted(trials)) == 3
+    assert res.records[1].user_attrs["fail_reason"] == "interrupted" and len(res.records) == 4

@@ -234,25 +234,24 @@ def run_search(session: Session, inputs: Inputs, plan: SearchPlan, baselines: li
 
 
 def _resume_budget(run_cfg: Any, plan: SearchPlan, more: int | None) -> tuple[bool, Any]:
-    """Continue the study if it exists, with the trials the first run had left (at least one; or ``more``
-    trials when given); else start it."""
+    """Continue the study if it exists, else start it; return ``(resume, budget)``.
+
+    The budget is the study's total (:mod:`autosub.hpo.budget`), so a resume passes the run's own budget: the
+    search finishes the trials it had left. ``more`` (``autosub resume --trials N``) extends it to the trials
+    the study has spent plus N.
+    """
     import optuna
 
     from ..hpo.budget import Budget
-    from ..hpo.engines.optuna import open_storage
+    from ..hpo.engines import count_spent, open_storage
 
     storage, _ = open_storage(run_cfg.storage, Path(run_cfg.run_dir))
     if run_cfg.study_name not in optuna.study.get_all_study_names(storage):
         return False, plan.budget  # interrupted before the study began: start it now
-    if more is not None:
-        return True, Budget(trials=more)
-    if plan.trials is None:
+    if more is None:
         return True, plan.budget
     study = optuna.load_study(study_name=run_cfg.study_name, storage=storage)
-    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-               and t.user_attrs.get("proposed_by") != "profile" and t.user_attrs.get("fail_reason") != "interrupted")
-    left = max(1, plan.trials - done)
-    return True, Budget(trials=left, seconds=plan.budget.seconds, compute=plan.budget.compute)
+    return True, Budget(trials=count_spent(study.get_trials(deepcopy=False)) + more)
 
 
 def print_table(session: Session, rows: list[tuple[str, int | None, float, float | None]]) -> None:

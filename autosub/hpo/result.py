@@ -7,7 +7,6 @@ BatchNorm buffers included) and ``trials.csv``; ``load(dir)`` + ``to_model(base_
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from torch import nn
 from .._io import atomic_write, load_tensors, read_json, save_tensors, write_json
 from .._version import __version__
 from ..errors import ConfigError, WeightsError
+from ..model.fingerprint import trunk_fingerprint
 
 __all__ = ["SearchResult", "TrialRecord", "pareto_front", "preference", "selection_uncertainty", "trials_frame",
            "trunk_fingerprint"]
@@ -253,23 +253,6 @@ class SearchResult:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def trunk_fingerprint(model: nn.Module, partition: Any) -> str:
-    """sha256 over the names, shapes and values of every tensor outside the head: identifies the frozen trunk.
-
-    Computed on the working copy (the model with autosub's fresh head, see ``autosub.training.setup.with_head``),
-    so a wrapped text encoder and a user's ``blocks=`` override fingerprint the same way at search and at load time.
-    """
-    head = set(partition.head)
-    prefix = (partition.head_module + ".") if partition.head_module else None
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        if k in head or (prefix and k.startswith(prefix)):
-            continue
-        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
-
-
 def _legacy_fingerprint(base_model: nn.Module) -> str | None:
     """autosub 0.1 fingerprinted the caller's model with its discovered head; accepted on load for one release."""
     from ..model.blocks import discover_blocks

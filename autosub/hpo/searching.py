@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -323,6 +324,11 @@ def _caches(plan: _Plan, setup: Setup, boundaries: list[int]) -> tuple[Any, list
 
 
 # ---------------------------------------------------------------------------------------------------- prior
+def prior_checkpoint(run_dir: Path, study_name: str) -> Path:
+    """Where the prior's profile keeps its finished entries until the prior is recorded in the study."""
+    return Path(run_dir) / f"prior-{re.sub(r'[^A-Za-z0-9_.-]', '_', study_name)}.partial.json"
+
+
 def _prior(plan: _Plan, state: _State) -> Prior | None:
     """The saved prior on resume, a zero-cost ranking, a one-epoch profile inside the budget, the one passed, or
     None."""
@@ -344,13 +350,15 @@ def _prior(plan: _Plan, state: _State) -> Prior | None:
         return None
     t0 = time.perf_counter()
     setup = state.setup
+    partial = prior_checkpoint(plan.run_path, plan.run.study_name)  # a driver killed mid-profile reuses its entries
     prof = run_profile(setup.model, setup.view, blocks=setup.partition, epochs=1, seeds=1, lr=plan.spec.default_lr,
                        batch_size=plan.training.batch_size, fidelity="full", baselines=False, device=setup.device,
                        cache=state.cache if state.cache is not None else False, seed=plan.seed,
-                       progress=plan.run.progress)
+                       progress=plan.run.progress, checkpoint=partial)
     state.meter.add_phase("prior", time.perf_counter() - t0)
     found = Prior.of(prof, n)
     state.engine.store.record_state({"prior": found.to_dict()})  # a driver killed after this reuses it
+    partial.unlink(missing_ok=True)
     return found
 
 

@@ -10,25 +10,27 @@ Only ``task.train`` and ``task.val`` are ever read.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import read_artifact, write_json
+from .._io import read_artifact, read_json, write_json
 from .._version import __version__
 from ..data.task import Task
-from ..errors import ConfigError, check_positive
+from ..errors import AutoSubError, ConfigError, check_positive
 from ..model.blocks import Partition
 from ..model.cost import try_count_flops
+from ..model.fingerprint import data_fingerprint, trunk_fingerprint
 from ..model.subtune import FULL, Selection, normalize_blocks
 from ..training.cache import ActivationCache
 from ..training.setup import BlocksSpec, check_task, prepare
@@ -188,6 +190,7 @@ def profile(
     seed: int = 0,
     fuse: bool | str = "auto",
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> Profile:
     """Profile every block (or the ``candidates``) of ``model`` on ``task``: mean ± std val score over seeds, cost, size.
 
@@ -203,6 +206,10 @@ def profile(
     a model that cannot be fused; on the CPU it does not fuse (measured: no gain on a 2-core CPU at 32 px, where a
     batch of 32 already keeps the cores busy — ``benchmarks/results/profile_quick.json``). ``True`` fuses anywhere
     (raising :class:`~autosub.training.fused.FusionError` for a model that cannot be fused), ``False`` never.
+    ``checkpoint``: a JSON file that keeps every finished entry (written atomically after each one); a profile
+    run again with the same settings on the same trunk and data reuses the entries it holds instead of training
+    them again, so a killed profile resumes where it stopped (``n_fits`` counts only the fits this call ran,
+    ``config["reused"]`` the entries it took from the file).
     """
     n_pairs = _check_args(epochs=epochs, seeds=seeds, lr=lr, batch_size=batch_size, pairs=pairs, fidelity=fidelity,
                           eta=eta, min_epochs=min_epochs, seed=seed, fuse=fuse)
@@ -227,6 +234,10 @@ def profile(
     sizes = _rung_sizes(len(todo), rungs, eta)
     n_pair_fits = math.comb(n_pairs if n_pairs is not None else len(todo), 2) if pairs else 0
     total = seeds * (sum(sizes) + n_pair_fits + (2 if baselines else 0))
+    saved = _Checkpoint.open(checkpoint, lambda: {  # fingerprints only when there is a checkpoint
+        "trunk": trunk_fingerprint(run.work, part), "data": data_fingerprint(view.train, view.val),
+        "blocks": list(todo), "seeds": seeds, "batch_size": batch_size, "seed": seed, "cached": shared is not None,
+        "fused": fusing, "device": dev.type})
     bar = tqdm(total=total, desc="profile", disable=not progress)
     n_fits = 0
 
@@ -240,8 +251,20 @@ def profile(
                             history={n_epochs: scores}, lr=run_lr)
 
     def run_all(items: list[tuple[Selection, str, float]], n_epochs: int) -> list[ProfileEntry]:
+        """Every item × seed, except those the checkpoint holds; each finished entry goes to the checkpoint."""
+        got = {i: saved.get(name, n_epochs, run_lr) for i, (_, name, run_lr) in enumerate(items)}
+        fresh = [i for i, e in got.items() if e is None]
+        if len(fresh) < len(items):
+            bar.update(seeds * (len(items) - len(fresh)))
+        for i, e in zip(fresh, train_all([items[i] for i in fresh], n_epochs)):
+            got[i] = e
+        return [got[i] for i in range(len(items))]  # type: ignore[misc]
+
+    def train_all(items: list[tuple[Selection, str, float]], n_epochs: int) -> list[ProfileEntry]:
         """Every item × seed: as one fused group when allowed (and more than one run), else one fit each."""
         nonlocal n_fits
+        if not items:
+            return []
         if fusing and seeds * len(items) > 1 and all(sel != FULL for sel, _, _ in items):
             specs = [TrialSpec(sel, lr=run_lr, epochs=n_epochs, seed=seed + s, key=(i, s))
                      for i, (sel, _, run_lr) in enumerate(items) for s in range(seeds)]
@@ -256,8 +279,10 @@ def profile(
             n_fits += len(specs)
             bar.update(len(specs))
             by_key = {o.key: o.result for o in outcomes}
-            return [entry(sel, name, n_epochs, run_lr, [by_key[(i, s)] for s in range(seeds)], [share] * seeds)
+            done = [entry(sel, name, n_epochs, run_lr, [by_key[(i, s)] for s in range(seeds)], [share] * seeds)
                     for i, (sel, name, run_lr) in enumerate(items)]
+            saved.put(done, n_epochs)
+            return done
         out = []
         for sel, name, run_lr in items:
             runs = []
@@ -268,6 +293,7 @@ def profile(
                 n_fits += 1
                 bar.update(1)
             out.append(entry(sel, name, n_epochs, run_lr, runs, [r.wall_time for r in runs]))
+            saved.put(out[-1:], n_epochs)
         return out
 
     found: dict[int, ProfileEntry] = {}
@@ -297,10 +323,61 @@ def profile(
                      "min_epochs": min_epochs, "rungs": rungs, "rung_lrs": rung_lrs, "scale_lr": scale_lr,
                      "seed": seed, "device": str(dev), "fuse": fuse, "fused": fusing,
                      "blocks": list(todo), "cached": shared is not None, "train_size": len(view.train),
-                     "val_size": len(view.val)}
+                     "val_size": len(view.val), "reused": saved.reused}
     log.info("profile: %d fits in %.1fs (cache fill %.1fs); ranking %s", n_fits, result.wall_time, cache_time,
              result.ranking())
     return result
+
+
+class _Checkpoint:
+    """The finished entries of a profile, in a JSON file written atomically after each one (see ``profile``).
+
+    The file holds ``key`` (trunk and data fingerprints, the settings every entry depends on) and the entries by
+    (name, epochs, lr); a file with another key, or one that cannot be read, is started afresh (with a warning).
+    """
+
+    def __init__(self, path: Path | None, key: dict[str, Any], entries: dict[str, dict]) -> None:
+        self.path, self.key, self.entries, self.reused = path, key, entries, 0
+
+    @classmethod
+    def open(cls, path: str | Path | None, make_key: Callable[[], dict[str, Any]]) -> "_Checkpoint":
+        """The checkpoint at ``path`` (None: none is kept); ``make_key`` gives what its entries depend on."""
+        if path is None:
+            return cls(None, {}, {})
+        path, key = Path(path), make_key()
+        entries: dict[str, dict] = {}
+        if path.exists():
+            try:
+                data = read_json(path, what="profile checkpoint", required=("key", "entries"))
+                if data["key"] == json.loads(json.dumps(key)):
+                    entries = dict(data["entries"])
+                else:
+                    log.warning("profile: %s was written for another model, data or settings; profiling afresh", path)
+            except AutoSubError as exc:
+                log.warning("profile: ignoring the checkpoint %s (%s); profiling afresh", path, exc)
+        return cls(path, key, entries)
+
+    @staticmethod
+    def _name(name: str, epochs: int, lr: float) -> str:
+        return f"{name}@{epochs}@{lr!r}"
+
+    def get(self, name: str, epochs: int, lr: float) -> ProfileEntry | None:
+        """The saved entry for ``name`` at this rung (epochs, lr), or None."""
+        d = self.entries.get(self._name(name, epochs, lr))
+        if d is None:
+            return None
+        self.reused += 1
+        e = ProfileEntry.from_dict(d)
+        e.history = {epochs: list(e.scores)}  # this rung's scores; profile() merges the earlier rungs' again
+        return e
+
+    def put(self, entries: list[ProfileEntry], epochs: int) -> None:
+        """Add finished entries and rewrite the file (atomically)."""
+        if self.path is None:
+            return
+        for e in entries:
+            self.entries[self._name(e.name, epochs, e.lr)] = e.to_dict()
+        write_json({"autosub_version": __version__, "key": self.key, "entries": self.entries}, self.path)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

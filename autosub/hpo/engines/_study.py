@@ -44,7 +44,7 @@ from ..space import BoundSpace, Candidate
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Job
 
-__all__ = ["FAIL_KEY", "Hooks", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
+__all__ = ["FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
            "StudyStore", "Verdict", "mask_url", "open_storage", "pid_alive", "to_record"]
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,32 @@ def to_record(t: FrozenTrial, space: BoundSpace, *, fail_reason: str | None = No
                        params=dict(t.params), selection=sel, hparams=hparams, user_attrs=attrs,
                        intermediate=dict(t.intermediate_values), seconds=attrs.get("seconds", seconds),
                        retry_of=t.system_attrs.get("failed_trial", attrs.get("retry_of")))
+
+
+def count_spent(trials: Sequence[FrozenTrial], *, running: bool = False, below: int | None = None) -> int:
+    """The trials that count against ``Budget.trials`` (the study's total, across every call that ran it).
+
+    Every finished trial the search ran counts (complete, pruned, failed; a settled duplicate or infeasible
+    proposal too), but not the profile's known results (``known``), not a lost or interrupted trial that was
+    retried (its retry counts), and not a trial settled unrun.
+
+    Args:
+        trials: The study's trials (``study.get_trials(deepcopy=False)``).
+        running: also count the trials RUNNING now (other workers' trials, for an admission check).
+        below: only trials numbered below this one.
+    """
+    retried = {int(t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of", -1))) for t in trials
+               if "failed_trial" in t.system_attrs or "retry_of" in t.user_attrs}
+    n = 0
+    for t in trials:
+        if below is not None and t.number >= below:
+            continue
+        if t.state == TrialState.RUNNING:
+            n += running
+        elif t.state.is_finished() and not t.user_attrs.get("known") and not t.user_attrs.get("unrun") \
+                and not (t.state == TrialState.FAIL and t.number in retried):
+            n += 1
+    return n
 
 
 def _stale_reasons(trials: Sequence[FrozenTrial]) -> dict[int, str]:
@@ -335,27 +361,8 @@ class StudyBook:
 
     # -- the budget's count and the study's consistency -----------------------------------------------------
     def spent_trials(self, *, running: bool = False, below: int | None = None) -> int:
-        """The trials that count against ``Budget.trials``: every finished trial this search ran (complete,
-        pruned, failed; a settled duplicate or infeasible proposal too), but not the profile's known results
-        (``known``), not a lost trial that was retried (its retry counts), and not a trial settled unrun.
-
-        Args:
-            running: also count the trials RUNNING now (other workers' trials, for an admission check).
-            below: only trials numbered below this one.
-        """
-        trials = self.trials()
-        retried = {int(t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of", -1))) for t in trials
-                   if "failed_trial" in t.system_attrs or "retry_of" in t.user_attrs}
-        n = 0
-        for t in trials:
-            if below is not None and t.number >= below:
-                continue
-            if t.state == TrialState.RUNNING:
-                n += running
-            elif t.state.is_finished() and not t.user_attrs.get("known") and not t.user_attrs.get("unrun") \
-                    and not (t.state == TrialState.FAIL and t.number in retried):
-                n += 1
-        return n
+        """The trials of this study that count against ``Budget.trials`` (:func:`count_spent`)."""
+        return count_spent(self.trials(), running=running, below=below)
 
     def fail_stale(self, *, single_driver: bool) -> list[int]:
         """Fail and re-enqueue at once the RUNNING trials whose process is gone; returns their numbers.
