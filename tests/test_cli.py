@@ -276,19 +276,7 @@ def test_help_documents_examples_and_exit_codes(capsys):
         assert "examples:" in sub and "exit codes: 0 ok, 1 crash, 2 bad input" in sub, command
 
 
-def test_predict_without_the_predictor_says_so_with_exit_3(capsys, monkeypatch, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("autosub.selection.predictor") is not None:
-        pytest.skip("this autosub has the predictor (autosub.selection.predictor)")
-    monkeypatch.chdir(tmp_path)
-    assert main(["predict", *INPUTS]) == EXIT_MISSING_DEPENDENCY
-    assert "needs autosub.selection.predictor.predict_blocks" in capsys.readouterr().err
-    assert not (tmp_path / "autosub-runs").exists()
-
-
 def test_predict_rates_every_block_and_writes_its_prediction(capsys, tmp_path):
-    pytest.importorskip("autosub.selection.predictor", reason="the predictor (issue 11) is not in this autosub yet")
     run = tmp_path / "p"
     assert main(["predict", *INPUTS, "--run-dir", str(run), "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -297,20 +285,6 @@ def test_predict_rates_every_block_and_writes_its_prediction(capsys, tmp_path):
                                                                                 "layer4"]
 
 
-def test_block_scores_accepts_the_shapes_a_predictor_may_return():
-    from autosub.cli.cmd_predict import block_scores
-
-    class Pred:
-        scores = {0: 0.1, 1: 0.9}
-
-    assert block_scores([0.2, 0.4], 2) == [0.2, 0.4]
-    assert block_scores(Pred(), 2) == [0.1, 0.9]
-    assert block_scores(np.array([1.0, 2.0, 3.0]), 3) == [1.0, 2.0, 3.0]
-    with pytest.raises(ValueError, match="returned 2 values for a model with 3 blocks"):
-        block_scores([0.1, 0.2], 3)
-
-
-# ------------------------------------------------------------------------------------------------ data sources
 def test_table_files_give_text_or_feature_tasks_with_named_columns(tmp_path):
     import pandas as pd
     from torch import nn
