@@ -215,3 +215,20 @@ def test_zero_cost_strategies_run_through_search_with_their_statistics_charged_t
         assert cell["compute"] >= extra["search_compute"] > 0
     top = json.loads(next((tmp_path / "cells").glob("*__predictor__*.json")).read_text())
     assert list(top["selection"]) == top["extra"]["prior_ranking"][:1]  # max_blocks=1: the top block
+
+
+def test_full_finetuning_spends_its_allowance_on_longer_runs_of_its_best_learning_rate():
+    from autosub.bench.strategies import FullFinetune
+    from autosub.training.setup import selection_view
+
+    bt = get_task("test-digits")
+    model, task = bt.load(size=60, seed=0, options={"image_size": 16, "val_size": "quarter"})
+    # 7 units of 1000 s each: the fits themselves take a negligible share, so the schedule alone decides the runs
+    ctx = CellContext(model=model, task=selection_view(task), allowance=Allowance(7.0, 1000.0), seed=0, epochs=1,
+                      device="cpu")
+    out = FullFinetune(lrs=(1e-3, 1e-2)).run(ctx)
+    runs = out.extra["val_by_run"]
+    grid = {k: v for k, v in runs.items() if k.endswith("epochs=1")}
+    best_lr = max(grid, key=lambda k: (grid[k], -list(grid).index(k))).split(",")[0]
+    assert sorted(runs) == sorted([*grid, f"{best_lr},epochs=2", f"{best_lr},epochs=4"])  # 8 epochs would not fit
+    assert out.val_score == max(runs.values()) and out.selection == "all"
