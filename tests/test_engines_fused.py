@@ -106,6 +106,19 @@ def test_a_memory_limit_that_holds_two_trials_gives_groups_of_at_most_two(model_
     assert_same_values(ran(res), ran(want))
 
 
+def test_a_compute_budget_stops_a_fused_search_cleanly(model_task, tmp_path):
+    model, task = model_task
+    res = search(model, task, Budget(compute=15, epoch_seconds=0.2), selector="random", prior=None, pruner=None,
+                 epochs=2, seed=0, training={"fuse": True},
+                 run={"run_dir": tmp_path / "c", "progress": False, "storage": optuna.storages.InMemoryStorage()})
+    assert res.spent["stop_reason"].startswith(("compute", "budget")) and res.spent["trials"] >= 1
+    assert not any(r.state in ("WAITING", "RUNNING") for r in res.records)
+    for r in res.records:  # a member stopped by the budget is PRUNED at its last epoch, saying so
+        assert r.state in ("COMPLETE", "PRUNED") or r.user_attrs.get("unrun"), r
+        if r.state == "PRUNED":
+            assert "budget stop" in r.user_attrs["stopped_by"] and r.user_attrs["fused"]
+
+
 def test_greedy_fuses_only_the_candidates_of_a_step_it_queued(model_task, tmp_path):
     want = run(model_task, tmp_path, "alone", 7, fuse=False, epochs=1, selector="greedy")
     got = run(model_task, tmp_path, "fused", 7, fuse=True, epochs=1, selector="greedy")
