@@ -21,6 +21,7 @@ with ``overhead_share = {engine: {trials: share}}``.
 
     RAY_AUTH_MODE=disabled python benchmarks/bench_overhead.py            # 8, 32, 128 trials, both engines
     python benchmarks/bench_overhead.py --quick --no-ray                  # 8, 32 trials, Optuna only
+    python benchmarks/bench_overhead.py --fused                           # + the Optuna engine with fused trials
 """
 from __future__ import annotations
 
@@ -57,8 +58,11 @@ def make_task(n: int, px: int, seed: int = 0) -> Task:
     return Task(Split(x[:k], y[:k], name="train"), Split(x[k:], y[k:], name="val"), 4)
 
 
-def one_search(model, task, trials: int, backend: str) -> dict:
-    """One search of ``trials`` tiny trials; the overhead numbers of the module docs."""
+def one_search(model, task, trials: int, engine: str) -> dict:
+    """One search of ``trials`` tiny trials on ``engine`` ("optuna", "optuna-fused": the Optuna engine with
+    ``TrainingConfig(fuse=True)``, "ray"); the overhead numbers of the module docs."""
+    backend = "ray" if engine == "ray" else "optuna"
+    training = {"fuse": engine == "optuna-fused"}
     told: list[tuple[float, float, str]] = []  # (clock when told, trial seconds, state)
 
     def on_trial(record, _model) -> None:
@@ -70,7 +74,7 @@ def one_search(model, task, trials: int, backend: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # resources_per_trial= is the 0.1 spelling
         res = autosub.search(model, task, autosub.Budget(trials=trials), backend=backend, prior=None, pruner=None,
-                             epochs=1, seed=0, run=run, **extra)
+                             epochs=1, seed=0, run=run, training=training, **extra)
     wall = time.perf_counter() - t0
     told.sort()
     n = len(told)
@@ -89,6 +93,7 @@ def one_search(model, task, trials: int, backend: str) -> dict:
             "overhead_s_per_trial": round((window - (work - told[0][1])) / max(1, n - 1), 4),
             "overhead_share": round((window - work) / window, 4),
             "overhead_share_total": round((span - work) / span, 4),
+            "fused_trials": sum(bool(r.user_attrs.get("fused")) for r in res.records),
             "loadavg": os.getloadavg()}
 
 
@@ -126,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="8 and 32 trials only")
     ap.add_argument("--trials", default=None, help="comma-separated trial counts (default 8,32,128)")
     ap.add_argument("--no-ray", action="store_true", help="Optuna engine only")
+    ap.add_argument("--fused", action="store_true",
+                    help="also the Optuna engine with fused trials (TrainingConfig(fuse=True)) as 'optuna-fused'")
     ap.add_argument("--ray-max", type=int, default=128, help="largest trial count run on Ray")
     ap.add_argument("--examples", type=int, default=96, help="examples in the tiny task (2/3 train)")
     ap.add_argument("--image-size", type=int, default=16)
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = timm.create_model("test_resnet", pretrained=False).eval()
     task = make_task(args.examples, args.image_size)
     n_blocks = len(autosub.discover_blocks(model))
-    engines = ["optuna"] + ([] if args.no_ray else ["ray"])
+    engines = ["optuna"] + (["optuna-fused"] if args.fused else []) + ([] if args.no_ray else ["ray"])
     runs: dict[str, dict[str, dict]] = {}
     for engine in engines:
         runs[engine] = {}
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             r = one_search(model, task, n, engine)
             runs[engine][str(n)] = r
-            print(f"{engine:>6} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
+            print(f"{engine:>12} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
                   f"{r['overhead_s_per_trial']:.3f} s/trial → share {r['overhead_share']:.1%} (with start-up "
                   f"{r['startup_s']:.1f} s: {r['overhead_share_total']:.1%}); load {os.getloadavg()[0]:.1f}",
                   flush=True)
@@ -170,16 +177,18 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {"model": "timm test_resnet (untrained)", "examples": args.examples, "image_size": args.image_size,
                    "epochs": 1, "batch_size": 32, "selector": "tpe", "prior": None, "pruner": None,
                    "storage": "sqlite (default, in run_dir)", "ray": "local, one trial at a time",
+                   "optuna-fused": "the Optuna engine with TrainingConfig(fuse=True): up to 8 trials per group; "
+                                   "a trial's seconds are its share of the group's wall time",
                    "threads": args.threads, "trials": counts},
         "machine": {**describe_machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
         "command": "python " + " ".join(["benchmarks/bench_overhead.py",
                                          *(argv if argv is not None else sys.argv[1:])]),
     }
-    print(f"\n{'engine':>6} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
+    print(f"\n{'engine':>12} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
           f"{'share incl. start-up':>20}")
     for e, v in runs.items():
         for n, r in v.items():
-            print(f"{e:>6} {n:>6} {r['train_s_per_trial']:>13.3f} {r['overhead_s_per_trial']:>16.3f} "
+            print(f"{e:>12} {n:>6} {r['train_s_per_trial']:>13.3f} {r['overhead_s_per_trial']:>16.3f} "
                   f"{r['overhead_share']:>7.1%} {r['overhead_share_total']:>20.1%}")
     for st, v in base.items():
         print(f"optuna ask/tell alone ({st}, TPE, {attrs} user attrs): "

@@ -106,6 +106,13 @@ def test_a_memory_limit_that_holds_two_trials_gives_groups_of_at_most_two(model_
     assert_same_values(ran(res), ran(want))
 
 
+def test_a_trial_that_does_not_fit_the_memory_limit_alone_trains_alone(model_task, tmp_path):
+    res = run(model_task, tmp_path, "tiny", 2, fuse=True, epochs=1, fuse_memory=1)
+    assert [r.state for r in res.records] == ["COMPLETE"] * 2
+    assert all(r.user_attrs["fused"] is False and "memory limit" in r.user_attrs["unfused_reason"]
+               for r in res.records)
+
+
 def test_a_compute_budget_stops_a_fused_search_cleanly(model_task, tmp_path):
     model, task = model_task
     res = search(model, task, Budget(compute=15, epoch_seconds=0.2), selector="random", prior=None, pruner=None,
