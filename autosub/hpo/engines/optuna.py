@@ -5,7 +5,9 @@ file, a storage object). RDB storages get a heartbeat and ``RetryHeartbeatStaleT
 process died is failed on the next run and re-enqueued with the same parameters. A trial that raises is
 recorded FAIL with ``fail_reason`` and the search goes on; ``SearchAborted`` (and Ctrl-C) stop it — an
 interrupted trial is re-enqueued first, so ``resume=True`` runs it again. The study bookkeeping is the shared
-:class:`~autosub.hpo.engines._study.StudyBook`; this module only drives ``study.optimize``.
+:class:`~autosub.hpo.engines._study.StudyBook`; this module only drives ``study.optimize``. With fused trials
+(``Job.fused``, ``TrainingConfig(fuse=…)``) :mod:`~autosub.hpo.engines.optuna_fused` drives ask/tell instead, with
+the same per-trial steps (``settle``, ``reporter``, ``completed``, ``failed``, ``budget_stopped``, ``interrupted``).
 """
 from __future__ import annotations
 
