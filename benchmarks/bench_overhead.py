@@ -2,17 +2,20 @@
 
 Tiny CI-size trials (timm's ``test_resnet``, untrained, on 16 px synthetic images, 1 epoch, batch 32) searched with
 the public ``autosub.search`` for 8, 32 and 128 trials, on the Optuna engine (in process, SQLite storage) and the
-Ray engine (local Ray, one trial at a time so both engines do the same serial work). Measured only through the
+Ray engine (local Ray, one trial at a time on one CPU, so both engines do the same serial work with one torch
+thread), and with ``--fused`` the Optuna engine with fused trials. Measured only through the
 public API: ``search()``'s wall clock, a ``RunConfig`` callback (its clock time when each trial is told), each
 trial's ``seconds`` attribute (the time inside the trial function: copy, training, validation) and
 ``result.spent["phases"]`` (autosub's own setup: cache fill, epoch calibration).
 
-    window      = last trial told − first trial started (= first told − its seconds)
+    window      = last trial told − first trial started (its ``datetime_start`` in the study)
     overhead_share        = (window − Σ seconds) / window     steady state: ask/tell, storage, scheduling, reporting
     overhead_share_total  = (last told − search() called − Σ seconds − setup) / (that span − setup), setup =
                             the cache and calibration phases:
                             with the engine's start-up (study creation; ray.init and worker start-up on Ray)
-    overhead_s_per_trial  = (window − Σ seconds) / (trials − 1)
+    overhead_s_per_trial  = (window − Σ seconds) / trials
+
+A fused trial's ``seconds`` is its share of its group's wall time, so Σ seconds is the time inside groups.
 
 ``optuna_only`` times Optuna's own ask/tell with the same sampler, the same number of user attributes per trial and
 no training (public Optuna API) on SQLite, a journal file and in memory: how much of the Optuna engine's overhead is
@@ -21,6 +24,7 @@ with ``overhead_share = {engine: {trials: share}}``.
 
     RAY_AUTH_MODE=disabled python benchmarks/bench_overhead.py            # 8, 32, 128 trials, both engines
     python benchmarks/bench_overhead.py --quick --no-ray                  # 8, 32 trials, Optuna only
+    python benchmarks/bench_overhead.py --fused                           # + the Optuna engine with fused trials
 """
 from __future__ import annotations
 
@@ -57,38 +61,52 @@ def make_task(n: int, px: int, seed: int = 0) -> Task:
     return Task(Split(x[:k], y[:k], name="train"), Split(x[k:], y[k:], name="val"), 4)
 
 
-def one_search(model, task, trials: int, backend: str) -> dict:
-    """One search of ``trials`` tiny trials; the overhead numbers of the module docs."""
+def one_search(model, task, trials: int, engine: str) -> dict:
+    """One search of ``trials`` tiny trials on ``engine`` ("optuna", "optuna-fused": the Optuna engine with
+    ``TrainingConfig(fuse=True)``, "ray"); the overhead numbers of the module docs."""
+    backend = "ray" if engine == "ray" else "optuna"
+    training = {"fuse": engine == "optuna-fused"}
     told: list[tuple[float, float, str]] = []  # (clock when told, trial seconds, state)
 
     def on_trial(record, _model) -> None:
-        told.append((time.perf_counter(), float(record.seconds or 0.0), record.state))
+        told.append((time.time(), float(record.seconds or 0.0), record.state))
 
-    extra = {"resources_per_trial": {"cpu": os.cpu_count() or 1}} if backend == "ray" else {}
+    # Ray: one trial at a time on one CPU (Ray then gives the worker one torch thread, as the driver has with
+    # --threads 1). Giving a trial every core made its worker train with 2 threads on 2 cores shared with Ray's own
+    # processes: 5-45x slower here (0.4-3.4 s vs 0.07 s), time the overhead formula counted as training.
+    chosen = autosub.RayBackend(resources_per_trial={"cpu": 1}, max_concurrent_trials=1) if backend == "ray" \
+        else backend
     run = {"run_dir": tempfile.mkdtemp(prefix="asb-ovh"), "progress": False, "callbacks": [on_trial]}
-    t0 = time.perf_counter()
+    t0 = time.time()  # wall clock: comparable with the study's datetime_start
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # resources_per_trial= is the 0.1 spelling
-        res = autosub.search(model, task, autosub.Budget(trials=trials), backend=backend, prior=None, pruner=None,
-                             epochs=1, seed=0, run=run, **extra)
-    wall = time.perf_counter() - t0
+        warnings.simplefilter("ignore", DeprecationWarning)
+        res = autosub.search(model, task, autosub.Budget(trials=trials), backend=chosen, prior=None, pruner=None,
+                             epochs=1, seed=0, run=run, training=training)
+    wall = time.time() - t0
     told.sort()
     n = len(told)
     work = sum(s for _, s, _ in told)
-    first_start = told[0][0] - told[0][1]
+    # the first trial's start as the study recorded it (fused trials are told together at the end of their group,
+    # so "first told − its seconds" would be wrong for them)
+    first_start = min(t.datetime_start.timestamp() for t in res.study.get_trials(deepcopy=False)
+                      if t.datetime_start is not None and t.state.is_finished())
     window = told[-1][0] - first_start
     phases = {k: v for k, v in res.spent.get("phases", {}).items() if k in ("cache", "calibration")}
     setup = sum(phases.values())
     span = told[-1][0] - t0 - setup
     attrs = statistics.median(len(t.user_attrs) for t in res.study.get_trials(deepcopy=False))
+    threads = sorted({r.user_attrs["threads"] for r in res.records if "threads" in r.user_attrs}) or \
+        [torch.get_num_threads()]
     return {"trials": n, "states": sorted({st for _, _, st in told}), "wall_s": round(wall, 3),
             "user_attrs_per_trial": attrs,
             "train_s": round(work, 3), "train_s_per_trial": round(work / n, 4),
             "window_s": round(window, 3), "startup_s": round(first_start - t0 - setup, 3),
             "setup_phases_s": {k: round(v, 3) for k, v in phases.items()},
-            "overhead_s_per_trial": round((window - (work - told[0][1])) / max(1, n - 1), 4),
+            "overhead_s_per_trial": round((window - work) / n, 4),
             "overhead_share": round((window - work) / window, 4),
             "overhead_share_total": round((span - work) / span, 4),
+            "fused_trials": sum(bool(r.user_attrs.get("fused")) for r in res.records),
+            "trial_threads": threads,
             "loadavg": os.getloadavg()}
 
 
@@ -126,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="8 and 32 trials only")
     ap.add_argument("--trials", default=None, help="comma-separated trial counts (default 8,32,128)")
     ap.add_argument("--no-ray", action="store_true", help="Optuna engine only")
+    ap.add_argument("--fused", action="store_true",
+                    help="also the Optuna engine with fused trials (TrainingConfig(fuse=True)) as 'optuna-fused'")
     ap.add_argument("--ray-max", type=int, default=128, help="largest trial count run on Ray")
     ap.add_argument("--examples", type=int, default=96, help="examples in the tiny task (2/3 train)")
     ap.add_argument("--image-size", type=int, default=16)
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = timm.create_model("test_resnet", pretrained=False).eval()
     task = make_task(args.examples, args.image_size)
     n_blocks = len(autosub.discover_blocks(model))
-    engines = ["optuna"] + ([] if args.no_ray else ["ray"])
+    engines = ["optuna"] + (["optuna-fused"] if args.fused else []) + ([] if args.no_ray else ["ray"])
     runs: dict[str, dict[str, dict]] = {}
     for engine in engines:
         runs[engine] = {}
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             r = one_search(model, task, n, engine)
             runs[engine][str(n)] = r
-            print(f"{engine:>6} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
+            print(f"{engine:>12} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
                   f"{r['overhead_s_per_trial']:.3f} s/trial → share {r['overhead_share']:.1%} (with start-up "
                   f"{r['startup_s']:.1f} s: {r['overhead_share_total']:.1%}); load {os.getloadavg()[0]:.1f}",
                   flush=True)
@@ -169,17 +189,20 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "config": {"model": "timm test_resnet (untrained)", "examples": args.examples, "image_size": args.image_size,
                    "epochs": 1, "batch_size": 32, "selector": "tpe", "prior": None, "pruner": None,
-                   "storage": "sqlite (default, in run_dir)", "ray": "local, one trial at a time",
+                   "storage": "sqlite (default, in run_dir)",
+                   "ray": "local, one trial at a time on 1 CPU (1 torch thread)",
+                   "optuna-fused": "the Optuna engine with TrainingConfig(fuse=True): up to 8 trials per group; "
+                                   "a trial's seconds are its share of the group's wall time",
                    "threads": args.threads, "trials": counts},
         "machine": {**describe_machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
         "command": "python " + " ".join(["benchmarks/bench_overhead.py",
                                          *(argv if argv is not None else sys.argv[1:])]),
     }
-    print(f"\n{'engine':>6} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
+    print(f"\n{'engine':>12} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
           f"{'share incl. start-up':>20}")
     for e, v in runs.items():
         for n, r in v.items():
-            print(f"{e:>6} {n:>6} {r['train_s_per_trial']:>13.3f} {r['overhead_s_per_trial']:>16.3f} "
+            print(f"{e:>12} {n:>6} {r['train_s_per_trial']:>13.3f} {r['overhead_s_per_trial']:>16.3f} "
                   f"{r['overhead_share']:>7.1%} {r['overhead_share_total']:>20.1%}")
     for st, v in base.items():
         print(f"optuna ask/tell alone ({st}, TPE, {attrs} user attrs): "

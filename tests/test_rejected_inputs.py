@@ -17,6 +17,7 @@ import torch
 import autosub
 from autosub import Budget, SearchResult, SearchSpace, as_task, fit, greedy, profile, search, zoo
 from autosub.errors import (BlockDiscoveryError, ConfigError, DataError, SelectionError, WeightsError)
+from autosub.hpo.config import TrainingConfig
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 
@@ -125,6 +126,10 @@ CASES = [
          "The 'resume' parameter of search must be False, True or 'join'"),
     Case("search", "a str seed", lambda c: search(c["model"], c["task"], 2, seed="0"), ConfigError,
          "The 'seed' parameter of search must be an int; got '0'"),
+    Case("search", "fuse='yes'", lambda c: search(c["model"], c["task"], 2, training={"fuse": "yes"}), ConfigError,
+         "The 'fuse' parameter of TrainingConfig must be 'auto' (fuse on CUDA only), True or False; got 'yes'"),
+    Case("search", "fuse=True with cross-validation", lambda c: TrainingConfig(fuse=True, cv_folds=3), ConfigError,
+         "TrainingConfig(fuse=True) does not support cv_folds yet"),
     Case("search", "a storage that is no URL",
          lambda c: search(c["model"], c["task"], 2, run={"storage": "nota url", "run_dir": str(c["tmp"] / "r")}),
          ConfigError, "The 'storage' parameter of search must be an Optuna URL"),

@@ -29,6 +29,15 @@ class TrainingConfig:
         cv_folds: score every trial by stratified k-fold cross-validation over train + val (for small data, where
             a validation split of a few dozen examples scores in coarse steps and ties); one prefix cache serves
             every fold. None: the validation split.
+        fuse: train several trials as one fused group (:class:`~autosub.training.fused.FusedGroup`: the frozen
+            blocks run once on the concatenation of the trials' batches; each trial's values equal its run alone).
+            ``"auto"`` (default): on CUDA only — on a CPU fusing measured no gain (as ``profile(fuse="auto")``);
+            ``True``: always; ``False``: never. The Optuna backend asks up to ``fuse_trials`` trials at a time;
+            ``backend="ray"`` and ``cv_folds`` run unfused (``fuse=True`` with either is refused).
+        fuse_trials: the most trials one fused group trains at once (fewer when the budget has fewer left or the
+            memory limit holds fewer).
+        fuse_memory: bytes a fused group's trials may take for training (tuned tensors, gradients, AdamW moments,
+            activations); None: 80% of the free GPU memory on CUDA, half the available RAM on a CPU.
     """
 
     batch_size: int = 32
@@ -37,6 +46,9 @@ class TrainingConfig:
     memory: MemoryBudget | None = None
     retrain: bool = False
     cv_folds: int | None = None
+    fuse: bool | str = "auto"
+    fuse_trials: int = 8
+    fuse_memory: int | None = None
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size, "TrainingConfig", integer=True)
@@ -54,6 +66,23 @@ class TrainingConfig:
         if self.device is not None and not isinstance(self.device, (str, torch.device)):
             raise ConfigError(f"The 'device' parameter of TrainingConfig must be None, a str or a torch.device; got "
                               f"{self.device!r} instead.")
+        if not (isinstance(self.fuse, bool) or (isinstance(self.fuse, str) and self.fuse == "auto")):
+            raise ConfigError(f"The 'fuse' parameter of TrainingConfig must be 'auto' (fuse on CUDA only), True or "
+                              f"False; got {self.fuse!r} instead.")
+        check_positive("fuse_trials", self.fuse_trials, "TrainingConfig", integer=True)
+        if self.fuse_memory is not None and (isinstance(self.fuse_memory, bool)
+                                             or not isinstance(self.fuse_memory, int) or self.fuse_memory <= 0):
+            raise ConfigError(f"The 'fuse_memory' parameter of TrainingConfig must be None or a positive int (bytes); "
+                              f"got {self.fuse_memory!r} instead.")
+        if self.fuse is True and self.cv_folds:
+            raise ConfigError("TrainingConfig(fuse=True) does not support cv_folds yet (each cross-validated trial "
+                              "trains one run per fold); pass fuse=False or 'auto' (unfused under cross-validation).")
+
+    def fuses(self, device: torch.device) -> bool:
+        """Whether trials train fused on ``device``: ``fuse=True``, or ``"auto"`` on CUDA (never under ``cv_folds``)."""
+        if self.cv_folds or self.fuse is False:
+            return False
+        return self.fuse is True or torch.device(device).type == "cuda"
 
 
 @dataclass(frozen=True)

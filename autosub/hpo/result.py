@@ -66,7 +66,8 @@ class TrialRecord:
                     "epochs_run": len(self.intermediate) or None, "seconds": self.seconds,
                     "compute": u.get("compute"), "cum_compute": u.get("cum_compute"),
                     "proposed_by": u.get("proposed_by"), "fail_reason": u.get("fail_reason"),
-                    "duplicate_of": u.get("duplicate_of"), "retry_of": self.retry_of})
+                    "duplicate_of": u.get("duplicate_of"), "retry_of": self.retry_of,
+                    "fused": u.get("fused"), "fused_k": u.get("fused_k")})
         row.update({f"params_{k}": v for k, v in sorted(self.params.items())})
         return row
 

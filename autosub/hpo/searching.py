@@ -35,12 +35,14 @@ from ..selection.profiling import profile as run_profile
 from ..selection.stats import STATS
 from ..training.cache import ActivationCache
 from ..training.folds import CacheView, cv_folds_of, holdout_rows
+from ..training.fused import FusedGroup
 from ..training.setup import BlocksSpec, Setup, blocks_spec, build_cache, prepare, with_head
 from ..training.trainer import evaluate, fit
 from .backends import Backend, RayBackend, resolve_backend
 from .budget import Budget, Meter
 from .calibration import measure_epoch_seconds, profile_affordable
 from .config import RunConfig, TrainingConfig, as_config
+from .fusing import SearchGroups
 from .engines import EngineRun, Job, TrialOutcome, mask_url
 from .result import (SearchResult, TrialRecord, pareto_front, preference, selection_uncertainty, trials_frame,
                      trunk_fingerprint)
@@ -115,7 +117,7 @@ def search(
         epochs: epochs per trial (the fidelity the pruner cuts).
         backend: ``"optuna"`` (in process), ``"ray"``, or a backend options object (``autosub.RayBackend(...)``).
         training: a :class:`~autosub.hpo.config.TrainingConfig` or dict: batch size, device, amp, cache memory,
-            retraining on train+val.
+            retraining on train+val, fused trials (``fuse``: several trials as one group; on CUDA by default).
         run: a :class:`~autosub.hpo.config.RunConfig` or dict: run_dir, storage, study_name, callbacks, progress.
         resume: ``True`` continues the study named ``run.study_name`` in ``run.storage`` / ``run.run_dir``: it must
             exist and have been run on the same model (trunk fingerprint) and space (else ConfigError before any
@@ -195,6 +197,10 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
         if chosen.name != "ray":
             raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={chosen.name!r}.")
         chosen = RayBackend(**{**{k: v for k, v in chosen.to_dict().items() if k != "name"}, **ray_opts})
+    if training.fuse is True and chosen.name != "optuna":
+        raise ConfigError(f"TrainingConfig(fuse=True) is not supported with backend={chosen.name!r} yet: a Ray Tune "
+                          "trial trains one study trial (ASHA, checkpoints and retries are per Tune trial); pass "
+                          "fuse=False or 'auto' (Ray trials then run unfused), or use backend='optuna'.")
     run_path = Path(run.run_dir) if run.run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
     return _Plan(budget=Budget.of(budget), selector=sel, prior=prior, spec=spec, objectives=objs, pruner=pruner,
                  epochs=int(epochs), seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
@@ -398,11 +404,13 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
                   checkpoint: Callable[[Any], None] | None = None) -> TrialOutcome:
         if state.folds:  # cross-validation: the mean over folds (no per-epoch pruning, no mid-trial resume)
             runs = [train(fold, cache, cand) for fold, cache in state.folds]
-            res, model, score = runs[0], None, float(sum(r.score for r in runs) / len(runs))
-            fold_scores = [float(r.score) for r in runs]
-        else:
-            res = train(setup.view, state.cache, cand, callback=report, checkpoint=checkpoint, resume=resume)
-            model, score, fold_scores = res.model, float(res.score), None
+            return to_outcome(runs[0], fold_scores=[float(r.score) for r in runs])
+        return to_outcome(train(setup.view, state.cache, cand, callback=report, checkpoint=checkpoint, resume=resume))
+
+    def to_outcome(res: Any, *, fold_scores: list[float] | None = None) -> TrialOutcome:
+        """A trial's values (score first: the mean over folds under cross-validation), attributes and model, from
+        its FitResult — one rule for fused and unfused trials."""
+        score = float(res.score) if fold_scores is None else float(sum(fold_scores) / len(fold_scores))
         values = [score] + [bound.added_cost(res.selection) if o == "cost" else float(res.trainable_params)
                             for o in plan.objectives[1:]]
         attrs = {"curve": res.curve, "train_loss": res.train_loss, "trainable_params": res.trainable_params,
@@ -411,8 +419,18 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
             attrs.update(fold_scores=fold_scores, cv_std=float(torch.tensor(fold_scores).std(unbiased=True)))
         if res.resumed_from:
             attrs["resumed_from_epoch"] = res.resumed_from
-        return TrialOutcome(values, attrs, model)
+        return TrialOutcome(values, attrs, res.model if fold_scores is None else None)
 
+    fuse = plan.backend.name == "optuna" and tr.fuses(setup.device)
+    groups = None
+    if fuse:
+        def make_group() -> FusedGroup:
+            return FusedGroup(setup.model, setup.view, blocks=setup.partition, batch_size=tr.batch_size,
+                              device=setup.device, amp=tr.amp, cache=state.cache if state.cache is not None else False,
+                              memory=tr.fuse_memory, seed=plan.seed, keep_models=True)
+
+        groups = SearchGroups(make_group, to_outcome, epochs=plan.epochs, seed=plan.seed,
+                              max_trials=tr.fuse_trials)
     pruner = None if state.folds else plan.pruner  # cross-validated trials report once, at the end
     job = Job(space=bound, selector=plan.selector, context=ctx, run_trial=run_trial, budget=plan.budget,
               meter=state.meter, objectives=plan.objectives, pruner=pruner, progress=plan.run.progress,
@@ -420,7 +438,8 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
               state={"space": plan.spec.to_dict(), "n_blocks": len(setup.partition),
                      "epoch_seconds": state.meter.epoch_seconds, "prior": the_prior.to_dict() if the_prior else None,
                      "selector": plan.selector.describe(), "objectives": list(plan.objectives), "epochs": plan.epochs,
-                     "seed": plan.seed})
+                     "seed": plan.seed, "fuse": {"setting": tr.fuse, "on": fuse, "max_trials": int(tr.fuse_trials)}},
+              fused=groups)
     return state.engine.run(job)
 
 
@@ -446,6 +465,7 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
               "block_names": list(setup.partition.names), "blocks": blocks_spec(setup.partition),
               "num_classes": task.num_classes, "trunk_fingerprint": trunk_fingerprint(setup.work, setup.partition),
               "retrained": tr.retrain, "budget": plan.budget.__dict__,
+              "fuse": {"setting": tr.fuse, "fused_trials": sum(bool(r.user_attrs.get("fused")) for r in run.records)},
               "run": {**plan.run.to_dict(), "storage": mask_url(plan.run.to_dict()["storage"])},
               "cv_folds": tr.cv_folds, "uncertainty": selection_uncertainty(done, best, len(setup.view.val)),
               "task": {"train": len(task.train), "val": len(task.val), "test": n_test}}

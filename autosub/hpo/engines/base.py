@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Hashable, Protocol, Sequence
 
 from ..budget import Budget, Meter
 from ..result import TrialRecord
@@ -20,7 +20,7 @@ from ._study import StudyStore
 if TYPE_CHECKING:  # pragma: no cover
     from ..backends import Backend
 
-__all__ = ["Engine", "EngineRun", "Job", "Reporter", "TrialOutcome"]
+__all__ = ["Engine", "EngineRun", "GroupRunner", "Job", "MemberOutcome", "Reporter", "TrialGroup", "TrialOutcome"]
 
 Reporter = Callable[[int, float], None]  # (epoch, val score) → may raise optuna.TrialPruned
 
@@ -32,6 +32,52 @@ class TrialOutcome:
     values: list[float]
     attrs: dict[str, Any]
     model: Any = None
+
+
+@dataclass
+class MemberOutcome:
+    """How one trial of a fused group ended: ``status`` "complete" (``outcome`` holds its values), "pruned" or
+    "failed" (``error`` is why); ``seconds`` is its share of the group's wall time (what the budget is charged)."""
+
+    key: Hashable
+    status: str
+    outcome: TrialOutcome | None = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+
+class TrialGroup(Protocol):
+    """Trials training together, driven epoch by epoch by an engine (trials join and leave between epochs)."""
+
+    @property
+    def active(self) -> list[Hashable]:
+        """Keys of the trials still training."""
+
+    def add(self, key: Hashable, candidate: Any, report: Reporter) -> bool:
+        """Add one trial (``report(epoch, score)`` after each of its epochs; raising prunes or fails it); False
+        when it does not fit now (the memory limit), and nothing was added."""
+
+    def run_epoch(self) -> None:
+        """One epoch of every active trial."""
+
+    def pop_finished(self) -> list[MemberOutcome]:
+        """The trials that ended since the last call."""
+
+    def fail_all(self, error: BaseException) -> list[MemberOutcome]:
+        """End every active trial as failed with ``error`` (the group itself raised)."""
+
+
+class GroupRunner(Protocol):
+    """Trains several candidates as one fused group (``search()`` builds it; an engine drives its groups)."""
+
+    max_trials: int
+    """The most trials one group trains at once."""
+
+    def fusable(self, candidate: Any) -> str:
+        """Why ``candidate`` must train alone ("" when it can join a group)."""
+
+    def open(self) -> TrialGroup:
+        """A group to add trials to (it may be built on the first ``add``)."""
 
 
 @dataclass
@@ -56,6 +102,7 @@ class Job:
     progress: bool = True
     callbacks: Sequence[Callable[[TrialRecord, Any], None]] = ()
     state: dict[str, Any] = field(default_factory=dict)
+    fused: GroupRunner | None = None
 
 
 @dataclass

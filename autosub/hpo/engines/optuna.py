@@ -5,7 +5,9 @@ file, a storage object). RDB storages get a heartbeat and ``RetryHeartbeatStaleT
 process died is failed on the next run and re-enqueued with the same parameters. A trial that raises is
 recorded FAIL with ``fail_reason`` and the search goes on; ``SearchAborted`` (and Ctrl-C) stop it — an
 interrupted trial is re-enqueued first, so ``resume=True`` runs it again. The study bookkeeping is the shared
-:class:`~autosub.hpo.engines._study.StudyBook`; this module only drives ``study.optimize``.
+:class:`~autosub.hpo.engines._study.StudyBook`; this module only drives ``study.optimize``. With fused trials
+(``Job.fused``, ``TrainingConfig(fuse=…)``) :mod:`~autosub.hpo.engines.optuna_fused` drives ask/tell instead, with
+the same per-trial steps (``settle``, ``reporter``, ``completed``, ``failed``, ``budget_stopped``, ``interrupted``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 from ...errors import SearchAborted, TrialFailed
 from ..budget import BudgetStop
 from ._study import Hooks, StudyBook, open_storage
-from .base import Engine, EngineRun, Job
+from .base import Engine, EngineRun, Job, TrialOutcome
 
 __all__ = ["OptunaEngine", "open_storage", "resolve_pruner"]
 
@@ -62,20 +64,30 @@ class OptunaEngine(Engine):
         kept: dict[str, Any] = {"model": None, "number": None, "score": float("-inf"), "budget_stop": ""}
         objective = _objective(book, job, kept)
 
-        def after(study: optuna.Study, frozen: FrozenTrial) -> None:
-            model = kept["model"] if kept["number"] == frozen.number else None
-            reason = book.after(frozen.number, hooks, model=model)  # always: it counts the trial
+        def told(number: int) -> str | None:
+            """After trial ``number`` was told: count it, run the hooks, and say why the search stops (or None)."""
+            model = kept["model"] if kept["number"] == number else None
+            reason = book.after(number, hooks, model=model)  # always: it counts the trial
             reason = kept["budget_stop"] or meter.exhausted(budget) or reason or _no_epoch_fits(meter, budget)
             if reason:
                 stop["reason"] = reason
+            return reason
+
+        def after(study: optuna.Study, frozen: FrozenTrial) -> None:
+            if told(frozen.number):
                 study.stop()
 
         finished = book.trials(optuna.trial.TrialState.COMPLETE)
         if not stop["reason"] and (meter.exhausted(budget) is None or not finished):  # always at least one trial
             with _quiet(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                book.study.optimize(objective, n_trials=None, timeout=meter.seconds_left(budget),
-                                    catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
+                if job.fused is not None:
+                    from .optuna_fused import run_fused
+
+                    run_fused(book, job, kept, stop, told, alone=_alone(book, job, kept))
+                else:
+                    book.study.optimize(objective, n_trials=None, timeout=meter.seconds_left(budget),
+                                        catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
             stop["reason"] = stop["reason"] or meter.exhausted(budget) or "budget"
         elif not stop["reason"]:
             stop["reason"] = meter.exhausted(budget) or "nothing to run"
@@ -90,53 +102,97 @@ class OptunaEngine(Engine):
 
 def _objective(book: StudyBook, job: Job, kept: dict[str, Any]):
     """The objective ``study.optimize`` calls: label, settle infeasible/duplicate proposals, train, record."""
-    space, meter = job.space, job.meter
-    multi = len(job.objectives) > 1
-    prunable = job.selector.prunable and not multi
+    space = job.space
+    alone = _alone(book, job, kept)
 
     def objective(trial: optuna.Trial) -> Any:
         cand = space.suggest(trial)
         book.label(trial, cand)
-        unrun = _admission(book, trial, job)
-        if unrun:
-            trial.set_user_attr("unrun", True)
-            trial.set_user_attr("fail_reason", f"not run: {unrun}")
-            kept["budget_stop"] = kept["budget_stop"] or unrun
-            raise TrialFailed(f"trial {trial.number} not run: {unrun}")
-        verdict = book.screen(trial, cand)
-        if verdict is not None:
-            if verdict.values is None:
-                raise TrialFailed(f"trial {trial.number}: {verdict.reason}")
-            return verdict.values if multi else verdict.values[0]
-        report = _reporter(trial, job, prunable=prunable, multi=multi)
+        settled = settle(book, trial, cand, job, kept)
+        return settled if settled is not None else alone(trial, cand)
+
+    return objective
+
+
+def settle(book: StudyBook, trial: optuna.Trial, cand: Any, job: Job, kept: dict[str, Any]) -> Any:
+    """A labelled trial that must not train: not admitted by the budget or infeasible (raise
+    :class:`TrialFailed`), or a duplicate (its twin's values); None when it should train."""
+    unrun = _admission(book, trial, job)
+    if unrun:
+        trial.set_user_attr("unrun", True)
+        trial.set_user_attr("fail_reason", f"not run: {unrun}")
+        kept["budget_stop"] = kept["budget_stop"] or unrun
+        raise TrialFailed(f"trial {trial.number} not run: {unrun}")
+    verdict = book.screen(trial, cand)
+    if verdict is None:
+        return None
+    if verdict.values is None:
+        raise TrialFailed(f"trial {trial.number}: {verdict.reason}")
+    return verdict.values if len(job.objectives) > 1 else verdict.values[0]
+
+
+def reporter(trial: optuna.Trial, job: Job):
+    """The per-epoch hook of ``trial`` (:func:`_reporter` with the job's pruning settings)."""
+    multi = len(job.objectives) > 1
+    return _reporter(trial, job, prunable=job.selector.prunable and not multi, multi=multi)
+
+
+def _alone(book: StudyBook, job: Job, kept: dict[str, Any]):
+    """``alone(trial, cand)``: train one labelled, admitted trial through ``job.run_trial`` and record it; returns
+    its value(s) for ``tell``, or raises ``TrialPruned`` / :class:`TrialFailed` (its reason recorded)."""
+    meter = job.meter
+    multi = len(job.objectives) > 1
+
+    def alone(trial: optuna.Trial, cand: Any) -> Any:
+        report = reporter(trial, job)
         t0 = time.perf_counter()
         try:
             out = job.run_trial(cand, report)
         except BudgetStop as exc:
-            trial.set_user_attr("stopped_by", str(exc))
-            kept["budget_stop"] = kept["budget_stop"] or str(exc)
+            budget_stopped(trial, exc, kept)
             raise optuna.TrialPruned(str(exc)) from None
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            book.retry(trial.params, trial.number, "interrupted", proposed_by=trial.user_attrs["proposed_by"])
+            interrupted(book, trial)
             raise
         except SearchAborted:
             raise
         except Exception as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            log.warning("trial %d (%s) failed: %s: %s", trial.number, cand.selection, type(exc).__name__, exc)
+            failed(trial, cand, exc)
             raise TrialFailed(f"trial {trial.number} failed: {exc}") from exc
         finally:
             book.timing(trial, time.perf_counter() - t0, meter)
-        for k, v in out.attrs.items():
-            trial.set_user_attr(k, v)
-        if out.values[0] > kept["score"]:
-            kept.update(model=out.model, number=trial.number, score=out.values[0])
-        return out.values if multi else out.values[0]
+        return completed(trial, out, kept, multi=multi)
 
-    return objective
+    return alone
+
+
+def completed(trial: optuna.Trial, out: TrialOutcome, kept: dict[str, Any], *, multi: bool) -> Any:
+    """Record a finished trial's attributes, keep its model if it is the best so far; its value(s) for ``tell``."""
+    for k, v in out.attrs.items():
+        trial.set_user_attr(k, v)
+    if out.values[0] > kept["score"]:
+        kept.update(model=out.model, number=trial.number, score=out.values[0])
+    return out.values if multi else out.values[0]
+
+
+def failed(trial: optuna.Trial, cand: Any, exc: BaseException) -> None:
+    """Record why a trial failed (``fail_reason``: the exception's type and message) and log it."""
+    trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+    log.warning("trial %d (%s) failed: %s: %s", trial.number, cand.selection, type(exc).__name__, exc)
+
+
+def budget_stopped(trial: optuna.Trial, exc: BaseException, kept: dict[str, Any]) -> None:
+    """A trial stopped at its last epoch that fits the time/compute budget: say so; the search then stops."""
+    trial.set_user_attr("stopped_by", str(exc))
+    kept["budget_stop"] = kept["budget_stop"] or str(exc)
+
+
+def interrupted(book: StudyBook, trial: optuna.Trial) -> None:
+    """Ctrl-C mid-trial: record it and enqueue the same parameters again, so ``resume=True`` runs it."""
+    trial.set_user_attr("fail_reason", "interrupted")
+    book.retry(trial.params, trial.number, "interrupted", proposed_by=trial.user_attrs["proposed_by"])
 
 
 def _no_epoch_fits(meter: Any, budget: Any) -> str | None:
