@@ -44,13 +44,15 @@ from ..space import BoundSpace, Candidate
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Job
 
-__all__ = ["FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
-           "StudyStore", "Verdict", "mask_url", "open_storage", "pid_alive", "to_record"]
+__all__ = ["CLOCK_KEY", "FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
+           "StudyStore", "Verdict", "mask_url", "open_storage", "pid_alive", "sync_clock", "to_record"]
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "autosub"  # study user attr: the search state (space, prior, calibration, …)
-SPENT_KEY = "autosub_spent"  # study user attr: what the search spent so far (Meter.snapshot), after every trial
+SPENT_KEY = "autosub_spent"  # study user attr of autosub < 0.3: one total spent (read, never written)
+CLOCK_KEY = "autosub_clock:"  # + Meter.worker: one worker's clock entry (Meter.entry), after every epoch and trial
+LIVE_GRACE = 120.0  # s: a worker of another machine counts as running while its last clock entry is this recent
 RESUME_MODES = (False, True, "join")
 FAIL_KEY = "autosub_fail_reason:"  # + trial number: the reason of a trial failed after its Trial object was lost
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
@@ -210,6 +212,34 @@ def _stale_reasons(trials: Sequence[FrozenTrial]) -> dict[int, str]:
             f"retried as trial {t.number}" for t in trials if "failed_trial" in t.system_attrs}
 
 
+def sync_clock(study: optuna.Study, meter: Meter, *, done: bool = False) -> None:
+    """Exchange clocks with the study's other workers: record ``meter``'s entry under its own key, then count on
+    from every other entry (:meth:`~autosub.hpo.budget.Meter.sync`).
+
+    One key per worker (``autosub_clock:<host>:<pid>:<id>``): concurrent workers never overwrite each other, and
+    the study's totals are sums and unions of the entries, read back every time. An entry is *live* (its worker
+    still runs, so its time counts on to now) when it is not ``done`` and its process runs on this machine (another
+    call of this very process is over), or, from another machine, its last entry is under
+    ``max(LIVE_GRACE, 3 epochs)`` old.
+    """
+    study.set_user_attr(f"{CLOCK_KEY}{meter.worker}", meter.entry(done=done))
+    attrs = study.user_attrs
+    host, me, now, others = socket.gethostname(), os.getpid(), time.time(), []
+    for key, e in attrs.items():
+        if not key.startswith(CLOCK_KEY) or key == f"{CLOCK_KEY}{meter.worker}" or not isinstance(e, dict):
+            continue
+        if e.get("done"):
+            live = False
+        elif e.get("host") == host:
+            live = e.get("pid") != me and pid_alive(e.get("pid"))
+        else:
+            epochs = [float(x) for x in (e.get("epochs") or [])[-5:]]
+            live = now - float(e.get("beat", 0.0)) <= max(LIVE_GRACE, 3 * max(epochs, default=0.0))
+        others.append({**e, "live": live})
+    legacy = attrs.get(SPENT_KEY)
+    meter.sync(others, legacy=legacy if isinstance(legacy, dict) else None)
+
+
 @dataclass
 class Hooks:
     """What only the driver process holds: the budget's meter, the progress bar, the user's callbacks."""
@@ -272,8 +302,9 @@ class StudyStore:
 
     def _started(self) -> bool:
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        return bool(study.get_trials(deepcopy=False)) or bool(study.user_attrs.get(STATE_KEY, {}).get("prior")) \
-            or bool(study.user_attrs.get(SPENT_KEY))
+        attrs = study.user_attrs
+        return bool(study.get_trials(deepcopy=False)) or bool(attrs.get(STATE_KEY, {}).get("prior")) \
+            or bool(attrs.get(SPENT_KEY)) or any(k.startswith(CLOCK_KEY) for k in attrs)
 
     def load_state(self) -> dict[str, Any]:
         """The search state an earlier run recorded (``{}`` for a new study)."""
@@ -282,12 +313,9 @@ class StudyStore:
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         return dict(study.user_attrs.get(STATE_KEY, {}))
 
-    def load_spent(self) -> dict[str, Any]:
-        """What earlier runs of the study spent (a :meth:`~autosub.hpo.budget.Meter.snapshot`; ``{}`` if none)."""
-        if not self.exists:
-            return {}
-        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        return dict(study.user_attrs.get(SPENT_KEY, {}))
+    def sync_clock(self, meter: Meter, *, done: bool = False) -> None:
+        """:func:`sync_clock` on this study (created by :meth:`record_state` first); during set-up and at the end."""
+        sync_clock(optuna.load_study(study_name=self.study_name, storage=self.storage), meter, done=done)
 
     def record_state(self, state: dict[str, Any]) -> None:
         """Create the study if needed and merge ``state`` into its search state (before the cache is filled, so a
@@ -419,9 +447,10 @@ class StudyBook:
                 out.append(t.number)
         return out
 
-    def save_spent(self, snapshot: dict[str, Any]) -> None:
-        """Record what the search has spent (after every trial: a killed driver's resume counts on from it)."""
-        self.study.set_user_attr(SPENT_KEY, snapshot)
+    def sync_clock(self, meter: Meter, *, done: bool = False) -> None:
+        """Record this worker's clock and count on from the study's (:func:`sync_clock`): after every epoch and
+        trial, before a trial starts, and at the end (``done``). A killed worker's resume counts on from it."""
+        sync_clock(self.study, meter, done=done)
 
     def record(self, number: int) -> TrialRecord:
         return to_record(self.frozen(number), self.space,
@@ -565,7 +594,7 @@ class StudyBook:
         if hooks is not None:
             self.fail_stale(single_driver=False)  # a worker of this machine that died mid-trial: retried now
             hooks.meter.trials = self.spent_trials()
-            self.save_spent(hooks.meter.snapshot())
+            self.sync_clock(hooks.meter)
             if hooks.bar is not None:
                 hooks.bar.update(1)
                 compute = hooks.meter.compute

@@ -56,6 +56,7 @@ class OptunaEngine(Engine):
             book.fail_stale(single_driver=not self.store.join)
             book.requeue_unrun()
         meter.trials = book.spent_trials()  # the budget is the study's total
+        book.sync_clock(meter)  # … and so is its time: the clocks of the study's other workers and earlier calls
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name})", disable=not job.progress)
         hooks = Hooks(meter, bar, list(job.callbacks))
         stop = {"reason": book.begin(resumed=self.exists, hooks=hooks)}
@@ -74,7 +75,7 @@ class OptunaEngine(Engine):
         if not stop["reason"] and (meter.exhausted(budget) is None or not finished):  # always at least one trial
             with _quiet(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                book.study.optimize(objective, n_trials=None, timeout=meter.seconds_left(budget),
+                book.study.optimize(objective, n_trials=None, timeout=_deadline(meter, budget),
                                     catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
             stop["reason"] = stop["reason"] or meter.exhausted(budget) or "budget"
         elif not stop["reason"]:
@@ -82,6 +83,7 @@ class OptunaEngine(Engine):
         bar.close()
         if not self.store.join or meter.exhausted(budget):  # (a joined worker leaves the shared queue to others)
             book.settle_waiting(f"the search stopped ({stop['reason']})")  # nothing is left WAITING
+        book.sync_clock(meter, done=True)
         log.info("search stopped: %s", stop["reason"])
         return EngineRun(records=book.records(), stop_reason=stop["reason"], best_number=kept["number"],
                          best_model=kept["model"], study_name=self.store.study_name, storage=self.store.url,
@@ -108,7 +110,7 @@ def _objective(book: StudyBook, job: Job, kept: dict[str, Any]):
             if verdict.values is None:
                 raise TrialFailed(f"trial {trial.number}: {verdict.reason}")
             return verdict.values if multi else verdict.values[0]
-        report = _reporter(trial, job, prunable=prunable, multi=multi)
+        report = _reporter(trial, job, book, prunable=prunable, multi=multi)
         t0 = time.perf_counter()
         try:
             out = job.run_trial(cand, report)
@@ -139,6 +141,12 @@ def _objective(book: StudyBook, job: Job, kept: dict[str, Any]):
     return objective
 
 
+def _deadline(meter: Any, budget: Any) -> float | None:
+    """``optimize``'s timeout, a backstop: the wall seconds left (a compute limit is checked after every trial
+    and epoch, as the other workers' share of it changes)."""
+    return max(1e-3, budget.seconds - meter.seconds) if budget.seconds is not None else None
+
+
 def _no_epoch_fits(meter: Any, budget: Any) -> str | None:
     """A stop reason when not even one more epoch ends within the time/compute limit (no trial is started)."""
     if meter.epoch_fits(budget):
@@ -155,13 +163,15 @@ def _admission(book: StudyBook, trial: optuna.Trial, job: Job) -> str:
         taken = book.spent_trials(running=True, below=trial.number)
         if taken >= budget.trials:
             return f"trials ({taken}/{budget.trials}: the budget is taken by finished and running trials)"
+    if budget.seconds is not None or budget.compute is not None:
+        book.sync_clock(meter)  # the study's clock as of now: other workers may have spent what this one would
     if not meter.epoch_fits(budget) and book.has(optuna.trial.TrialState.COMPLETE):
         return (f"budget stop: its first epoch (~{meter.epoch_estimate:.2f} s) would end past the limit "
                 f"({meter.seconds_left(budget):.2f} s left)")
     return ""
 
 
-def _reporter(trial: optuna.Trial, job: Job, *, prunable: bool, multi: bool):
+def _reporter(trial: optuna.Trial, job: Job, book: StudyBook, *, prunable: bool, multi: bool):
     """After each epoch: report to the pruner (never prunes after the last epoch: the work is done), and stop the
     trial at this epoch (:class:`~autosub.hpo.budget.BudgetStop`) when the next one would end past the budget."""
     epochs, meter, budget = job.context.epochs, job.meter, job.budget
@@ -171,6 +181,8 @@ def _reporter(trial: optuna.Trial, job: Job, *, prunable: bool, multi: bool):
         now = time.perf_counter()
         meter.add_epoch(now - last[0])
         last[0] = now
+        if budget.seconds is not None or budget.compute is not None:
+            book.sync_clock(meter)  # the study's clock as of this epoch (every worker's)
         if not multi:
             trial.report(score, epoch + 1)
         if epoch + 1 < epochs and prunable and trial.should_prune():
