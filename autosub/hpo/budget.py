@@ -1,12 +1,34 @@
 """What a search may spend: ``Budget`` (the limits a user sets) and ``Meter`` (what the search has spent).
 
 **The budget is the study's total.** Trials, seconds and compute count everything the study has spent, across
-every call that ran it: a ``resume=True`` call with the same budget finishes it (what the killed driver spent up
-to its last finished trial is restored from the study, :meth:`Meter.restore`), and extending a finished search
-takes an explicitly bigger budget. A time or compute budget is kept to within one epoch: after every epoch a trial
-asks :meth:`Meter.epoch_fits`; when the next epoch would end past the limit the trial stops there
-(:class:`BudgetStop`, recorded PRUNED at its last epoch), and a trial whose first epoch cannot finish in time is
-not started.
+every call and every worker that ran it: a ``resume=True`` call with the same budget finishes it, and extending a
+finished search takes an explicitly bigger budget. A time or compute budget is kept to within one epoch: after
+every epoch a trial asks :meth:`Meter.epoch_fits`; when the next epoch would end past the limit the trial stops
+there (:class:`BudgetStop`, recorded PRUNED at its last epoch), and a trial whose first epoch cannot finish in time
+is not started.
+
+**Several workers of one study** (``resume="join"``, each a ``search()`` call in its own process or machine):
+
+* ``Budget(seconds=S)`` is the search's **wall clock**, as ``timeout``/``time_budget_s`` is for one Optuna or Ray
+  Tune run: the time during which at least one worker of the study ran (the union of the workers' intervals).
+  Workers that overlap share one deadline, the first worker's start + S — a worker that joins 50 s into a 60-s
+  search gets 10 s, and every worker stops starting trials whose first epoch cannot end before it and stops its
+  running trial at its last epoch that does. It is not a sum of worker-seconds: that is what ``compute`` counts.
+* ``Budget(compute=C)`` is the search's **work**: every worker's own seconds, summed, in full-FT epochs (N workers
+  spend it N times as fast; the compute left is split between the workers running now when a trial asks whether
+  its next epoch fits).
+* A time when no worker ran does not count. A resume after every worker stopped or died (``resume=True``, or a
+  worker joining a study nobody runs) gets a **fresh window for what is left**: its deadline is its own start +
+  (S − the wall time of the earlier windows, each up to its workers' last record).
+
+How: every worker records its own clock entry in the study (:meth:`Meter.entry`: its seconds, last beat, phases,
+epochs; study user attr ``autosub_clock:<host>:<pid>:<id>``, one key per worker, so concurrent writers never
+overwrite each other) after every epoch and every trial, and reads every other entry back
+(:meth:`Meter.sync`): totals are unions and sums computed on read, not one stored total. A worker of this machine
+counts as running while its process lives; one of another machine while its last entry is recent (its time then
+counts on to now). The clocks of different machines are compared as wall-clock time (``time.time``): keep them
+synchronized (NTP). A running worker on another machine is known up to its last record (at most one epoch or one
+set-up phase old).
 
 This is the one home of the budget check: every engine asks :meth:`Meter.exhausted` whether another trial may
 start — the Optuna engine after each trial, the Ray searcher before it starts one. A Meter that travels to
@@ -40,9 +62,12 @@ class BudgetStop(Exception):
 class Budget:
     """How much one ``search()`` call may spend: trials, wall-clock seconds and/or compute; the first reached stops it.
 
-    ``compute`` is counted in full-finetune-epoch equivalents: the search's wall time divided by the time of
-    one full-finetuning epoch on the same task, measured on the fly (or given as ``epoch_seconds``).
-    The limits are the study's totals (see the module docs); a running trial stops at its last epoch that fits.
+    ``seconds`` is the search's wall clock: with several workers of one study, one deadline for all of them (the
+    first worker's start + ``seconds``), not a time per worker. ``compute`` is counted in full-finetune-epoch
+    equivalents: the search's work (every worker's seconds, summed) divided by the time of one full-finetuning
+    epoch on the same task, measured on the fly (or given as ``epoch_seconds``). The limits are the study's
+    totals (see the module docs: a resume after every worker stopped gets a fresh window for the seconds left);
+    a running trial stops at its last epoch that fits.
     """
 
     trials: int | None = None

@@ -87,7 +87,8 @@ def search(
             an ImageFolder path, …).
         budget: an int (trials), a :class:`~autosub.Budget` (trials / seconds / compute in full-FT epochs, the first
             reached stops the search) or a dict of Budget fields. **The budget is the study's total**: what every
-            earlier call of the same study spent (trials run, seconds and compute up to its last finished trial)
+            earlier call and every other worker of the same study spent (trials run; seconds as the search's wall
+            clock, one deadline for all workers of a ``resume="join"`` search; compute as their summed work)
             counts against it, so ``resume=True`` with the same budget finishes the original search (after a
             killed driver, say), and extending a finished search takes an explicitly bigger budget
             (``search(..., 40, resume=True)`` after 30 trials runs 10 more). A time/compute budget ends within one
