@@ -30,7 +30,7 @@ import optuna
 import pytest
 
 from autosub.hpo.budget import Budget, Meter
-from autosub.hpo.engines._study import CLOCK_KEY, sync_clock
+from autosub.hpo.engines._study import CLOCK_KEY, StudyStore, sync_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20.0  # the budget S
@@ -188,3 +188,19 @@ def test_the_clock_goes_through_the_study_one_key_per_worker(tmp_path):
     assert keys == sorted(f"{CLOCK_KEY}{m.worker}" for m in (a, b))
     assert study.user_attrs[f"{CLOCK_KEY}{a.worker}"]["done"] and not study.user_attrs[f"{CLOCK_KEY}{b.worker}"]["done"]
     assert a.report()["workers"] == 2 and a._live == 0
+
+
+def test_a_new_search_that_takes_over_a_study_that_never_started_does_not_count_its_set_up(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="t", storage=url, direction="maximize")
+    dead = Meter()
+    sync_clock(study, dead, done=True)  # a driver that died while setting up: a clock, no trial
+    study.set_user_attr(f"{CLOCK_KEY}{dead.worker}", {**dead.entry(done=True), "seconds": 500.0})
+    kept = StudyStore(storage=url, study_name="t", run_dir=tmp_path, resume="join", directions=["maximize"])
+    m = Meter()
+    kept.sync_clock(m)
+    assert m.seconds >= 500  # a joining worker counts it: the study is one search
+    StudyStore(storage=url, study_name="t", run_dir=tmp_path, resume=False, directions=["maximize"])
+    fresh = Meter()
+    sync_clock(study, fresh)
+    assert fresh.seconds < 100  # a new search took the study over: the dead set-up's time (and m's) is void

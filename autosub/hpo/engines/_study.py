@@ -265,7 +265,8 @@ class StudyStore:
     (create-or-load: one of several workers of one search sharing the storage; a RUNNING trial is failed and
     retried at once only when its process is gone from this machine, else after Optuna's heartbeat grace period).
     A study that exists but never started a trial nor recorded a prior (its driver died while setting up, or a
-    start failed) counts as not started: a new search takes it over and ``resume=True`` continues it.
+    start failed) counts as not started: a new search takes it over (the clocks of its set-up no longer count)
+    and ``resume=True`` continues it (counting them).
 
     Raises:
         ConfigError: a bad storage spec or ``resume`` value; a started study without ``resume``, a missing one
@@ -294,6 +295,10 @@ class StudyStore:
             raise ConfigError(f"resume=True but {self.url} has no study named {study_name!r} (it has "
                               f"{names}); pass the study_name and storage/run_dir of the search to continue.")
         self.exists = started or (present and resume is True)
+        if present and not started and resume is False:  # a new search takes over a study that never started:
+            study = optuna.load_study(study_name=study_name, storage=self.storage)  # its dead set-up's clocks void
+            for key in [k for k, v in study.user_attrs.items() if k.startswith(CLOCK_KEY) and v is not None]:
+                study.set_user_attr(key, None)
         if present:
             got = [d.name.lower() for d in optuna.load_study(study_name=study_name, storage=self.storage).directions]
             if got != self.directions:
@@ -302,9 +307,8 @@ class StudyStore:
 
     def _started(self) -> bool:
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        attrs = study.user_attrs
-        return bool(study.get_trials(deepcopy=False)) or bool(attrs.get(STATE_KEY, {}).get("prior")) \
-            or bool(attrs.get(SPENT_KEY)) or any(k.startswith(CLOCK_KEY) for k in attrs)
+        return bool(study.get_trials(deepcopy=False)) or bool(study.user_attrs.get(STATE_KEY, {}).get("prior")) \
+            or bool(study.user_attrs.get(SPENT_KEY))
 
     def load_state(self) -> dict[str, Any]:
         """The search state an earlier run recorded (``{}`` for a new study)."""
