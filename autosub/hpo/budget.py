@@ -23,7 +23,8 @@ is not started.
 
 How: every worker records its own clock entry in the study (:meth:`Meter.entry`: its seconds, last beat, phases,
 epochs; study user attr ``autosub_clock:<host>:<pid>:<id>``, one key per worker, so concurrent writers never
-overwrite each other) after every epoch and every trial, and reads every other entry back
+overwrite each other) after every trial and every few seconds within one (``CLOCK_EVERY``, at an epoch's end),
+and reads every other entry back
 (:meth:`Meter.sync`): totals are unions and sums computed on read, not one stored total. A worker of this machine
 counts as running while its process lives; one of another machine while its last entry is recent (its time then
 counts on to now). The clocks of different machines are compared as wall-clock time (``time.time``): keep them
@@ -115,7 +116,7 @@ class Meter:
 
     In this process the clock is ``time.perf_counter``; user callbacks run outside it (``paused``). The study's
     other workers (and the earlier calls of the study) are known from their clock entries (:meth:`entry`), which
-    the engines exchange through the study after every epoch and every trial (:meth:`sync`):
+    the engines exchange through the study after every trial and every few seconds within one (:meth:`sync`):
 
     * :attr:`seconds`, the search's **wall time**: the time during which at least one worker of the study ran —
       the union of the workers' intervals. Overlapping workers share one clock (a worker that joins 50 s into a
@@ -138,7 +139,7 @@ class Meter:
         self._base = 0.0  # the study's wall time outside this worker's interval (before it started)
         self._others = 0.0  # the other workers' own seconds, summed, at the last sync (compute)
         self._live = 0  # other workers running at the last sync: their seconds grow with the clock
-        self._sync_at = time.time()
+        self._sync_at = -math.inf  # wall time of the last sync (never yet)
         self._others_phases: dict[str, float] = {}
         self._workers = 1
 
@@ -147,6 +148,11 @@ class Meter:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_wall": True, "_start": time.time() - self.worker_seconds, "_paused": 0.0}
+
+    @property
+    def synced_at(self) -> float:
+        """The wall time of the last :meth:`sync` (``-inf`` before one)."""
+        return self._sync_at
 
     @property
     def worker_seconds(self) -> float:
@@ -161,7 +167,8 @@ class Meter:
     @property
     def work_seconds(self) -> float:
         """Every worker's own seconds, summed (the other running workers' counted on from the last sync)."""
-        return self.worker_seconds + self._others + self._live * max(0.0, time.time() - self._sync_at)
+        grow = self._live * max(0.0, time.time() - self._sync_at) if self._live else 0.0
+        return self.worker_seconds + self._others + grow
 
     @property
     def compute(self) -> float:

@@ -45,13 +45,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import Job
 
 __all__ = ["CLOCK_KEY", "FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
-           "StudyStore", "Verdict", "mask_url", "open_storage", "pid_alive", "sync_clock", "to_record"]
+           "StudyStore", "Verdict", "CLOCK_EVERY", "mask_url", "open_storage", "pid_alive", "sync_clock", "to_record"]
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "autosub"  # study user attr: the search state (space, prior, calibration, …)
 SPENT_KEY = "autosub_spent"  # study user attr of autosub < 0.3: one total spent (read, never written)
-CLOCK_KEY = "autosub_clock:"  # + Meter.worker: one worker's clock entry (Meter.entry), after every epoch and trial
+CLOCK_KEY = "autosub_clock:"  # + Meter.worker: one worker's clock entry (Meter.entry), after every trial and more
+CLOCK_EVERY = 5.0  # s: within a trial, a worker exchanges clocks at most this often (always after a trial)
 LIVE_GRACE = 120.0  # s: a worker of another machine counts as running while its last clock entry is this recent
 RESUME_MODES = (False, True, "join")
 FAIL_KEY = "autosub_fail_reason:"  # + trial number: the reason of a trial failed after its Trial object was lost
@@ -212,9 +213,10 @@ def _stale_reasons(trials: Sequence[FrozenTrial]) -> dict[int, str]:
             f"retried as trial {t.number}" for t in trials if "failed_trial" in t.system_attrs}
 
 
-def sync_clock(study: optuna.Study, meter: Meter, *, done: bool = False) -> None:
+def sync_clock(study: optuna.Study, meter: Meter, *, done: bool = False, every: float = 0.0) -> None:
     """Exchange clocks with the study's other workers: record ``meter``'s entry under its own key, then count on
-    from every other entry (:meth:`~autosub.hpo.budget.Meter.sync`).
+    from every other entry (:meth:`~autosub.hpo.budget.Meter.sync`); nothing when the last exchange is under
+    ``every`` seconds old (between two, running workers count on with the clock: no decision needs every epoch).
 
     One key per worker (``autosub_clock:<host>:<pid>:<id>``): concurrent workers never overwrite each other, and
     the study's totals are sums and unions of the entries, read back every time. An entry is *live* (its worker
@@ -222,6 +224,8 @@ def sync_clock(study: optuna.Study, meter: Meter, *, done: bool = False) -> None
     call of this very process is over), or, from another machine, its last entry is under
     ``max(LIVE_GRACE, 3 epochs)`` old.
     """
+    if every and time.time() - meter.synced_at < every:
+        return
     study.set_user_attr(f"{CLOCK_KEY}{meter.worker}", meter.entry(done=done))
     attrs = study.user_attrs
     host, me, now, others = socket.gethostname(), os.getpid(), time.time(), []
@@ -451,10 +455,11 @@ class StudyBook:
                 out.append(t.number)
         return out
 
-    def sync_clock(self, meter: Meter, *, done: bool = False) -> None:
-        """Record this worker's clock and count on from the study's (:func:`sync_clock`): after every epoch and
-        trial, before a trial starts, and at the end (``done``). A killed worker's resume counts on from it."""
-        sync_clock(self.study, meter, done=done)
+    def sync_clock(self, meter: Meter, *, done: bool = False, every: float = 0.0) -> None:
+        """Record this worker's clock and count on from the study's (:func:`sync_clock`): after every trial, within
+        a trial every ``CLOCK_EVERY`` seconds (epochs, before a trial starts), and at the end (``done``). A killed
+        worker's resume counts on from it."""
+        sync_clock(self.study, meter, done=done, every=every)
 
     def record(self, number: int) -> TrialRecord:
         return to_record(self.frozen(number), self.space,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ...errors import SearchAborted, TrialFailed
 from ..budget import BudgetStop
-from ._study import Hooks, StudyBook, open_storage
+from ._study import CLOCK_EVERY, Hooks, StudyBook, open_storage
 from .base import Engine, EngineRun, Job
 
 __all__ = ["OptunaEngine", "open_storage", "resolve_pruner"]
@@ -164,7 +164,7 @@ def _admission(book: StudyBook, trial: optuna.Trial, job: Job) -> str:
         if taken >= budget.trials:
             return f"trials ({taken}/{budget.trials}: the budget is taken by finished and running trials)"
     if budget.seconds is not None or budget.compute is not None:
-        book.sync_clock(meter)  # the study's clock as of now: other workers may have spent what this one would
+        book.sync_clock(meter, every=CLOCK_EVERY)  # the study's clock: other workers may have spent what it would
     if not meter.epoch_fits(budget) and book.has(optuna.trial.TrialState.COMPLETE):
         return (f"budget stop: its first epoch (~{meter.epoch_estimate:.2f} s) would end past the limit "
                 f"({meter.seconds_left(budget):.2f} s left)")
@@ -182,7 +182,7 @@ def _reporter(trial: optuna.Trial, job: Job, book: StudyBook, *, prunable: bool,
         meter.add_epoch(now - last[0])
         last[0] = now
         if budget.seconds is not None or budget.compute is not None:
-            book.sync_clock(meter)  # the study's clock as of this epoch (every worker's)
+            book.sync_clock(meter, every=CLOCK_EVERY)  # the study's clock (every worker's), every few seconds
         if not multi:
             trial.report(score, epoch + 1)
         if epoch + 1 < epochs and prunable and trial.should_prune():
