@@ -7,12 +7,20 @@ own, with its direction (higher or lower = better) chosen on the same training p
 each peer. Per held-out entry: Spearman with the measured block scores; top-1 hit = the predicted best block is a
 measured best block; top-3 hit = the predicted best block is among the measured top 3. Means over entries.
 
-Also: leave-one-*model*-out (a new architecture), the noise ceiling (seed-0 vs seed-1 profiles of the same
-entries, ``benchmarks/results/corpus_seed1/``), the predictor's variants (``ridge``, ``pairwise``, ``rank`` target), a drop-one ablation over the statistics
-(which ones help), the time to fit the predictor from the JSON, and ``stats_time_share`` = the wall time of the
-statistics over the wall time of the entry's profile (CPU-time share too: less sensitive to other processes).
+The goal is checked on ``mean_spearman`` (every entry, against its seed-0 profile). Beside it, ``seed_mean_target``
+scores the same held-out predictions, on the entries that have a second seed (``benchmarks/results/corpus_seed1/``),
+against seed 0, seed 1 and the seed mean (the less noisy target), and ``noise_ceiling`` gives the seeds' agreement r,
+≈ √r (the best expected against one seed) and ≈ √(2r / (1 + r)) (Spearman–Brown: against the mean of two).
 
-    PYTHONPATH=. python benchmarks/bench_predictor.py            # writes benchmarks/results/predictor.json
+Also: leave-one-*model*-out (a new architecture), the predictor's variants (``ridge``, ``pairwise``, ``rank``
+target, all features, trained on the seed-mean profile), ``architecture_profile`` (no statistics: the mean profile
+of the same model's training tasks), a drop-one ablation over the statistics (which ones help), with ``--nested``
+the predictor whose features that ablation's rule chooses inside each training fold (the honest estimate of the
+procedure behind ``DEFAULT_FEATURES``, ~10 min here), the time to fit the predictor from the JSON, and
+``stats_time_share`` = the wall time of the statistics over the wall time of the entry's profile (CPU-time share
+too: less sensitive to other processes).
+
+    PYTHONPATH=. python benchmarks/bench_predictor.py --nested   # writes benchmarks/results/predictor.json
     PYTHONPATH=. python benchmarks/bench_predictor.py --no-ablation
 """
 from __future__ import annotations
