@@ -13,8 +13,8 @@ from sklearn.exceptions import NotFittedError
 from autosub.errors import ConfigError, DataError
 from autosub.selection.predictor import (BLOCK_FEATURES, DEFAULT_FEATURES, TASK_FEATURES, BlockPrediction,
                                          LayerPredictor,
-                                         PredictorNotFittedError, feature_matrix, load_corpus, normalize_scores,
-                                         predict_blocks)
+                                         PredictorNotFittedError, feature_matrix, load_corpus, load_seed_profiles,
+                                         normalize_scores, predict_blocks, seed_mean_scores)
 from autosub.selection.stats import STATS, BlockStats
 
 
@@ -152,6 +152,101 @@ def test_load_corpus_from_a_folder(tmp_path):
     [got] = load_corpus(tmp_path)
     assert got.group == ("m", "d") and got.baselines == {"linear_probe": 0.3}
     assert np.allclose(got.scores, scores) and got.stats.values == stats.values
+
+
+def _profile_json(tmp, name, scores, *, entry_id="m__d__v", seed=None, stats=None, order=None):
+    order = list(range(len(scores))) if order is None else order
+    d = {"id": entry_id, "model": "m", "dataset": "d", "variant": "v", "kind": "image",
+         "profile": {"entries": [{"selection": [i], "mean": float(scores[i])} for i in order]}}
+    if stats is not None:
+        d["stats"] = stats.to_dict()
+    if seed is not None:
+        d["profile_seed"] = seed
+    (tmp / name).write_text(json.dumps(d))
+
+
+def test_seed_profiles_align_by_block_and_average_with_the_corpus(tmp_path):
+    corpus, repeats = tmp_path / "corpus", tmp_path / "seed1"
+    corpus.mkdir(), repeats.mkdir()
+    stats, scores = fake_task(6, 0)
+    _profile_json(corpus, "a.json", scores, stats=stats)
+    _profile_json(corpus, "b.json", scores[::-1], entry_id="m__e__v", stats=stats)  # no usable repeat below
+    second = np.linspace(0.1, 0.6, 6)
+    _profile_json(repeats, "a.json", second, seed=1, order=[5, 3, 1, 0, 2, 4])  # stored out of block order
+    _profile_json(repeats, "short.json", second[:4], entry_id="m__e__v", seed=1)  # 4 of 6 blocks: skipped
+    _profile_json(repeats, "same_seed.json", second, entry_id="m__e__v", seed=0)  # the corpus's own seed: skipped
+    _profile_json(repeats, "stranger.json", second, entry_id="x__y__z", seed=1)  # not in the corpus: ignored
+    entries = load_corpus(corpus)
+    got = load_seed_profiles(repeats, entries)
+    assert set(got) == {"m__d__v"} and np.allclose(got["m__d__v"], second)
+    mean_a, only_b = seed_mean_scores(entries, got)
+    assert np.allclose(mean_a, (scores + second) / 2)
+    assert np.allclose(only_b, scores[::-1])  # no repeat: the single seed
+    with pytest.raises(DataError, match="blocks"):
+        seed_mean_scores(entries, {"m__d__v": second[:3]})
+    with pytest.raises(ConfigError, match="not a folder"):
+        load_seed_profiles(tmp_path / "missing", entries)
+
+
+def test_shipped_second_seeds_are_other_measurements_of_corpus_entries():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "corpus_seed1"
+    if not folder.is_dir():
+        pytest.skip("no second-seed profiles in this checkout")
+    entries = load_corpus()
+    got = load_seed_profiles(folder, entries)
+    assert got, "corpus_seed1 holds no usable second seed"
+    by_id = {e.id: e for e in entries}
+    for i, scores in got.items():
+        assert scores.shape == by_id[i].scores.shape and not np.allclose(scores, by_id[i].scores)
+
+
+def _bench_predictor():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("bench_predictor", bench / "bench_predictor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_noise_ceiling_and_spearman_brown():
+    bench = _bench_predictor()
+    entries = load_corpus()[:2]
+    a, b = entries
+    same = bench.ceiling(entries, {a.id: a.scores.copy()})
+    assert same["mean_seed_to_seed"] == pytest.approx(1.0) and same["expected_max_vs_seed_mean"] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = bench.ceiling(entries, {a.id: a.scores + rng.normal(0, 0.05, len(a.scores)),
+                                    b.id: b.scores + rng.normal(0, 0.05, len(b.scores))})
+    r = noisy["mean_seed_to_seed"]
+    assert 0 < r < 1 and noisy["spearman_brown_two_seeds"] == pytest.approx(2 * r / (1 + r))
+    assert noisy["expected_max_vs_one_seed"] < noisy["expected_max_vs_seed_mean"] < 1  # averaging seeds helps
+    assert bench.ceiling(entries, {}) == {}
+
+
+def test_evaluate_scores_each_target_on_the_entries_that_have_it():
+    bench = _bench_predictor()
+    entries = load_corpus()
+    twin = entries[0]  # a "second seed" identical to the first: all three targets must agree
+    flipped = entries[1]  # a second seed that reverses the profile: the seed mean is flat, seed 1 is −seed 0
+    repeats = {twin.id: twin.scores.copy(), flipped.id: 2 * flipped.scores.mean() - flipped.scores}
+    out = bench.evaluate(entries, {"arch": ("arch",), "depth": ("stat", "depth")}, repeats=repeats)
+    for m in ("arch", "depth"):
+        assert len(out["rows"][m]) == len(entries)
+        rows = {r["id"]: r for r in out["rows_repeat"][m]}
+        assert set(rows) == set(repeats)
+        t = rows[twin.id]
+        assert t["spearman_seed0"] == pytest.approx(t["spearman_seed1"]) == pytest.approx(t["spearman_seed_mean"])
+        f = rows[flipped.id]
+        assert f["spearman_seed1"] == pytest.approx(-f["spearman_seed0"]) and f["spearman_seed_mean"] == 0.0
+    assert out["summary_repeat"]["arch"]["spearman_seed0"] == pytest.approx(
+        np.mean([r["spearman_seed0"] for r in out["rows_repeat"]["arch"]]))
 
 
 # ------------------------------------------------------------------------------------------ predict_blocks

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -88,7 +89,8 @@ def search(
             an ImageFolder path, …).
         budget: an int (trials), a :class:`~autosub.Budget` (trials / seconds / compute in full-FT epochs, the first
             reached stops the search) or a dict of Budget fields. **The budget is the study's total**: what every
-            earlier call of the same study spent (trials run, seconds and compute up to its last finished trial)
+            earlier call and every other worker of the same study spent (trials run; seconds as the search's wall
+            clock, one deadline for all workers of a ``resume="join"`` search; compute as their summed work)
             counts against it, so ``resume=True`` with the same budget finishes the original search (after a
             killed driver, say), and extending a finished search takes an explicitly bigger budget
             (``search(..., 40, resume=True)`` after 30 trials runs 10 more). A time/compute budget ends within one
@@ -139,9 +141,14 @@ def search(
                      legacy=legacy)
     task = as_task(dataset)
     state = _set_up(plan, model, task, blocks)
-    the_prior = _prior(plan, state)
-    engine_run = _run(plan, state, the_prior)
-    return _finish(plan, state, the_prior, engine_run, task)
+    try:
+        the_prior = _prior(plan, state)
+        engine_run = _run(plan, state, the_prior)
+        return _finish(plan, state, the_prior, engine_run, task)
+    except BaseException:  # Ctrl-C, an aborted search: this worker's clock stops here (best effort)
+        with contextlib.suppress(Exception):
+            state.engine.store.sync_clock(state.meter, done=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------- validate
@@ -282,11 +289,12 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
     engine.store.record_state({"trunk_fingerprint": fingerprint, "space": plan.spec.to_dict(), "n_blocks": len(part),
                                "budget": plan.budget.__dict__, "status": "setting up"})
     meter = Meter(plan.budget.epoch_seconds)
-    meter.restore(engine.store.load_spent())  # the budget is the study's total
+    engine.store.sync_clock(meter)  # the budget is the study's total: this worker's clock joins the study's
     t0 = time.perf_counter()
     boundaries = list(range(len(part))) + ([len(part)] if bound.min_blocks == 0 else [])
     cache, folds = _caches(plan, setup, boundaries)
     meter.add_phase("cache", time.perf_counter() - t0)
+    engine.store.sync_clock(meter)
     if meter.epoch_seconds is None:
         t0 = time.perf_counter()
         meter.epoch_seconds = saved.get("epoch_seconds") or measure_epoch_seconds(
@@ -294,6 +302,7 @@ def _set_up(plan: _Plan, model: nn.Module, task: Task, blocks: BlocksSpec) -> _S
         meter.add_phase("calibration", time.perf_counter() - t0)
     log.info("one full-finetune epoch ≈ %.2fs (the unit of compute)", meter.epoch_seconds)
     engine.store.record_state({"epoch_seconds": meter.epoch_seconds})
+    engine.store.sync_clock(meter)
     return _State(setup=setup, bound=bound, engine=engine, saved=saved, cache=cache, meter=meter, folds=folds)
 
 
@@ -364,6 +373,7 @@ def _prior(plan: _Plan, state: _State) -> Prior | None:
     state.meter.add_phase("prior", time.perf_counter() - t0)
     found = Prior.of(prof, n)
     state.engine.store.record_state({"prior": found.to_dict()})  # a driver killed after this reuses it
+    state.engine.store.sync_clock(state.meter)
     partial.unlink(missing_ok=True)
     return found
 
@@ -381,6 +391,7 @@ def _zero_cost_prior(plan: _Plan, state: _State, name: str) -> Prior:
     log.info("prior %r from network statistics in %.2fs: blocks best first %s", name,
              time.perf_counter() - t0, found.ranking)
     state.engine.store.record_state({"prior": found.to_dict()})  # a driver killed after this reuses it
+    state.engine.store.sync_clock(state.meter)
     return found
 
 
@@ -458,6 +469,7 @@ def _finish(plan: _Plan, state: _State, the_prior: Prior | None, run: EngineRun,
     state.meter.add_phase("final", time.perf_counter() - t0)
     setup, tr = state.setup, plan.training
     test_score, n_test = _test_score(final, task, setup.device)
+    state.engine.store.sync_clock(state.meter, done=True)  # the study's totals, every worker's entry read
     spent = {**state.meter.report(), "stop_reason": run.stop_reason}
     config = {"space": plan.spec.to_dict(), "selector": plan.selector.describe(), "backend": plan.backend.name,
               "backend_options": plan.backend.to_dict(),

@@ -33,7 +33,7 @@ from .stats import STATS, BlockStats, block_stats
 
 __all__ = ["BLOCK_FEATURES", "DEFAULT_FEATURES", "TASK_FEATURES", "ZERO_COST_PRIORS", "BlockPrediction",
            "corpus_directions", "CorpusEntry", "directions", "feature_matrix", "LayerPredictor", "load_corpus",
-           "normalize_scores", "predict_blocks", "PredictorNotFittedError", "statistic_scores", "zero_cost_prior"]
+           "load_seed_profiles", "normalize_scores", "seed_mean_scores", "predict_blocks", "PredictorNotFittedError", "statistic_scores", "zero_cost_prior"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class CorpusEntry:
     stats_wall: float = float("nan")
     profile_cpu: float = float("nan")
     stats_cpu: float = float("nan")
+    profile_seed: int = 0
 
     @property
     def group(self) -> tuple[str, str]:
@@ -114,11 +115,58 @@ def load_corpus(path: str | Path | None = None) -> list[CorpusEntry]:
                                profile_wall=float(d.get("profile_wall", float("nan"))),
                                stats_wall=float(d.get("stats_wall", float("nan"))),
                                profile_cpu=float(d.get("profile_cpu", float("nan"))),
-                               stats_cpu=float(d.get("stats_cpu", float("nan")))))
+                               stats_cpu=float(d.get("stats_cpu", float("nan"))),
+                               profile_seed=int(d.get("profile_seed", 0))))
     if not out:
         raise DataError(f"No corpus entries found in {str(path) if path else 'the package'}; build them with "
                         "benchmarks/build_corpus.py.")
     return sorted(out, key=lambda e: e.id)
+
+
+def load_seed_profiles(folder: str | Path, entries: Sequence[CorpusEntry]) -> dict[str, np.ndarray]:
+    """Per-block scores of repeat profiles (another training seed) of corpus ``entries``, by entry id.
+
+    ``folder`` holds JSON files written by ``benchmarks/build_corpus.py --profile-seed N --out folder``. A file is
+    used when its id is one of ``entries``, its profile is at least as recent a seed as another (``profile_seed``
+    differs from the entry's), and it profiles exactly the entry's blocks; anything else is skipped with a warning.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"The 'folder' parameter of load_seed_profiles must be a folder of corpus JSON files; "
+                          f"{str(folder)!r} is not a folder.")
+    by_id = {e.id: e for e in entries}
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(folder.glob("*.json")):
+        d = json.loads(f.read_text())
+        entry = by_id.get(d.get("id"))
+        if entry is None or "profile" not in d:
+            continue
+        if int(d.get("profile_seed", 0)) == entry.profile_seed:
+            log.warning("load_seed_profiles: %s has the corpus entry's own profile seed %d; skipped", f.name,
+                        entry.profile_seed)
+            continue
+        by_block = {int(e["selection"][0]): float(e["mean"]) for e in d["profile"]["entries"]
+                    if len(e["selection"]) == 1}
+        if sorted(by_block) != list(range(len(entry.scores))):
+            log.warning("load_seed_profiles: %s profiles blocks %s, the corpus entry has %d; skipped", f.name,
+                        sorted(by_block), len(entry.scores))
+            continue
+        out[entry.id] = np.array([by_block[i] for i in range(len(entry.scores))])
+    return out
+
+
+def seed_mean_scores(entries: Sequence[CorpusEntry], repeats: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Per entry, the mean over seeds of each block's profiled score: the shipped seed and any repeat of it.
+
+    An entry without a repeat keeps its single-seed scores. The mean of two seeds is a less noisy target than one.
+    """
+    out = []
+    for e in entries:
+        r = repeats.get(e.id)
+        if r is not None and len(r) != len(e.scores):
+            raise DataError(f"seed_mean_scores: the repeat of {e.id} has {len(r)} blocks, the entry {len(e.scores)}.")
+        out.append(e.scores if r is None else (e.scores + np.asarray(r, dtype=float)) / 2)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- features

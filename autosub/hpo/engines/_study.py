@@ -44,13 +44,16 @@ from ..space import BoundSpace, Candidate
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Job
 
-__all__ = ["FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
-           "StudyStore", "Verdict", "mask_url", "open_storage", "pid_alive", "to_record"]
+__all__ = ["CLOCK_KEY", "FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
+           "StudyStore", "Verdict", "CLOCK_EVERY", "mask_url", "open_storage", "pid_alive", "sync_clock", "to_record"]
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "autosub"  # study user attr: the search state (space, prior, calibration, …)
-SPENT_KEY = "autosub_spent"  # study user attr: what the search spent so far (Meter.snapshot), after every trial
+SPENT_KEY = "autosub_spent"  # study user attr of autosub < 0.3: one total spent (read, never written)
+CLOCK_KEY = "autosub_clock:"  # + Meter.worker: one worker's clock entry (Meter.entry), after every trial and more
+CLOCK_EVERY = 5.0  # s: within a trial, a worker exchanges clocks at most this often (always after a trial)
+LIVE_GRACE = 120.0  # s: a worker of another machine counts as running while its last clock entry is this recent
 RESUME_MODES = (False, True, "join")
 FAIL_KEY = "autosub_fail_reason:"  # + trial number: the reason of a trial failed after its Trial object was lost
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
@@ -210,6 +213,37 @@ def _stale_reasons(trials: Sequence[FrozenTrial]) -> dict[int, str]:
             f"retried as trial {t.number}" for t in trials if "failed_trial" in t.system_attrs}
 
 
+def sync_clock(study: optuna.Study, meter: Meter, *, done: bool = False, every: float = 0.0) -> None:
+    """Exchange clocks with the study's other workers: record ``meter``'s entry under its own key, then count on
+    from every other entry (:meth:`~autosub.hpo.budget.Meter.sync`); nothing when the last exchange is under
+    ``every`` seconds old (between two, running workers count on with the clock: no decision needs every epoch).
+
+    One key per worker (``autosub_clock:<host>:<pid>:<id>``): concurrent workers never overwrite each other, and
+    the study's totals are sums and unions of the entries, read back every time. An entry is *live* (its worker
+    still runs, so its time counts on to now) when it is not ``done`` and its process runs on this machine (another
+    call of this very process is over), or, from another machine, its last entry is under
+    ``max(LIVE_GRACE, 3 epochs)`` old.
+    """
+    if every and time.time() - meter.synced_at < every:
+        return
+    study.set_user_attr(f"{CLOCK_KEY}{meter.worker}", meter.entry(done=done))
+    attrs = study.user_attrs
+    host, me, now, others = socket.gethostname(), os.getpid(), time.time(), []
+    for key, e in attrs.items():
+        if not key.startswith(CLOCK_KEY) or key == f"{CLOCK_KEY}{meter.worker}" or not isinstance(e, dict):
+            continue
+        if e.get("done"):
+            live = False
+        elif e.get("host") == host:
+            live = e.get("pid") != me and pid_alive(e.get("pid"))
+        else:
+            epochs = [float(x) for x in (e.get("epochs") or [])[-5:]]
+            live = now - float(e.get("beat", 0.0)) <= max(LIVE_GRACE, 3 * max(epochs, default=0.0))
+        others.append({**e, "live": live})
+    legacy = attrs.get(SPENT_KEY)
+    meter.sync(others, legacy=legacy if isinstance(legacy, dict) else None)
+
+
 @dataclass
 class Hooks:
     """What only the driver process holds: the budget's meter, the progress bar, the user's callbacks."""
@@ -235,7 +269,8 @@ class StudyStore:
     (create-or-load: one of several workers of one search sharing the storage; a RUNNING trial is failed and
     retried at once only when its process is gone from this machine, else after Optuna's heartbeat grace period).
     A study that exists but never started a trial nor recorded a prior (its driver died while setting up, or a
-    start failed) counts as not started: a new search takes it over and ``resume=True`` continues it.
+    start failed) counts as not started: a new search takes it over (the clocks of its set-up no longer count)
+    and ``resume=True`` continues it (counting them).
 
     Raises:
         ConfigError: a bad storage spec or ``resume`` value; a started study without ``resume``, a missing one
@@ -264,6 +299,10 @@ class StudyStore:
             raise ConfigError(f"resume=True but {self.url} has no study named {study_name!r} (it has "
                               f"{names}); pass the study_name and storage/run_dir of the search to continue.")
         self.exists = started or (present and resume is True)
+        if present and not started and resume is False:  # a new search takes over a study that never started:
+            study = optuna.load_study(study_name=study_name, storage=self.storage)  # its dead set-up's clocks void
+            for key in [k for k, v in study.user_attrs.items() if k.startswith(CLOCK_KEY) and v is not None]:
+                study.set_user_attr(key, None)
         if present:
             got = [d.name.lower() for d in optuna.load_study(study_name=study_name, storage=self.storage).directions]
             if got != self.directions:
@@ -282,12 +321,9 @@ class StudyStore:
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         return dict(study.user_attrs.get(STATE_KEY, {}))
 
-    def load_spent(self) -> dict[str, Any]:
-        """What earlier runs of the study spent (a :meth:`~autosub.hpo.budget.Meter.snapshot`; ``{}`` if none)."""
-        if not self.exists:
-            return {}
-        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        return dict(study.user_attrs.get(SPENT_KEY, {}))
+    def sync_clock(self, meter: Meter, *, done: bool = False) -> None:
+        """:func:`sync_clock` on this study (created by :meth:`record_state` first); during set-up and at the end."""
+        sync_clock(optuna.load_study(study_name=self.study_name, storage=self.storage), meter, done=done)
 
     def record_state(self, state: dict[str, Any]) -> None:
         """Create the study if needed and merge ``state`` into its search state (before the cache is filled, so a
@@ -419,9 +455,11 @@ class StudyBook:
                 out.append(t.number)
         return out
 
-    def save_spent(self, snapshot: dict[str, Any]) -> None:
-        """Record what the search has spent (after every trial: a killed driver's resume counts on from it)."""
-        self.study.set_user_attr(SPENT_KEY, snapshot)
+    def sync_clock(self, meter: Meter, *, done: bool = False, every: float = 0.0) -> None:
+        """Record this worker's clock and count on from the study's (:func:`sync_clock`): after every trial, within
+        a trial every ``CLOCK_EVERY`` seconds (epochs, before a trial starts), and at the end (``done``). A killed
+        worker's resume counts on from it."""
+        sync_clock(self.study, meter, done=done, every=every)
 
     def record(self, number: int) -> TrialRecord:
         return to_record(self.frozen(number), self.space,
@@ -565,7 +603,7 @@ class StudyBook:
         if hooks is not None:
             self.fail_stale(single_driver=False)  # a worker of this machine that died mid-trial: retried now
             hooks.meter.trials = self.spent_trials()
-            self.save_spent(hooks.meter.snapshot())
+            self.sync_clock(hooks.meter)
             if hooks.bar is not None:
                 hooks.bar.update(1)
                 compute = hooks.meter.compute

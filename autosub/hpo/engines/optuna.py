@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ...errors import SearchAborted, TrialFailed
 from ..budget import BudgetStop
-from ._study import Hooks, StudyBook, open_storage
+from ._study import CLOCK_EVERY, Hooks, StudyBook, open_storage
 from .base import Engine, EngineRun, Job, TrialOutcome
 
 __all__ = ["OptunaEngine", "open_storage", "resolve_pruner"]
@@ -58,6 +58,7 @@ class OptunaEngine(Engine):
             book.fail_stale(single_driver=not self.store.join)
             book.requeue_unrun()
         meter.trials = book.spent_trials()  # the budget is the study's total
+        book.sync_clock(meter)  # … and so is its time: the clocks of the study's other workers and earlier calls
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name})", disable=not job.progress)
         hooks = Hooks(meter, bar, list(job.callbacks))
         stop = {"reason": book.begin(resumed=self.exists, hooks=hooks)}
@@ -86,7 +87,7 @@ class OptunaEngine(Engine):
 
                     run_fused(book, job, kept, stop, told, alone=_alone(book, job, kept))
                 else:
-                    book.study.optimize(objective, n_trials=None, timeout=meter.seconds_left(budget),
+                    book.study.optimize(objective, n_trials=None, timeout=_deadline(meter, budget),
                                         catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
             stop["reason"] = stop["reason"] or meter.exhausted(budget) or "budget"
         elif not stop["reason"]:
@@ -94,6 +95,7 @@ class OptunaEngine(Engine):
         bar.close()
         if not self.store.join or meter.exhausted(budget):  # (a joined worker leaves the shared queue to others)
             book.settle_waiting(f"the search stopped ({stop['reason']})")  # nothing is left WAITING
+        book.sync_clock(meter, done=True)
         log.info("search stopped: %s", stop["reason"])
         return EngineRun(records=book.records(), stop_reason=stop["reason"], best_number=kept["number"],
                          best_model=kept["model"], study_name=self.store.study_name, storage=self.store.url,
@@ -131,10 +133,10 @@ def settle(book: StudyBook, trial: optuna.Trial, cand: Any, job: Job, kept: dict
     return verdict.values if len(job.objectives) > 1 else verdict.values[0]
 
 
-def reporter(trial: optuna.Trial, job: Job):
+def reporter(trial: optuna.Trial, job: Job, book: StudyBook):
     """The per-epoch hook of ``trial`` (:func:`_reporter` with the job's pruning settings)."""
     multi = len(job.objectives) > 1
-    return _reporter(trial, job, prunable=job.selector.prunable and not multi, multi=multi)
+    return _reporter(trial, job, book, prunable=job.selector.prunable and not multi, multi=multi)
 
 
 def _alone(book: StudyBook, job: Job, kept: dict[str, Any]):
@@ -144,7 +146,7 @@ def _alone(book: StudyBook, job: Job, kept: dict[str, Any]):
     multi = len(job.objectives) > 1
 
     def alone(trial: optuna.Trial, cand: Any) -> Any:
-        report = reporter(trial, job)
+        report = reporter(trial, job, book)
         t0 = time.perf_counter()
         try:
             out = job.run_trial(cand, report)
@@ -195,6 +197,12 @@ def interrupted(book: StudyBook, trial: optuna.Trial) -> None:
     book.retry(trial.params, trial.number, "interrupted", proposed_by=trial.user_attrs["proposed_by"])
 
 
+def _deadline(meter: Any, budget: Any) -> float | None:
+    """``optimize``'s timeout, a backstop: the wall seconds left (a compute limit is checked after every trial
+    and epoch, as the other workers' share of it changes)."""
+    return max(1e-3, budget.seconds - meter.seconds) if budget.seconds is not None else None
+
+
 def _no_epoch_fits(meter: Any, budget: Any) -> str | None:
     """A stop reason when not even one more epoch ends within the time/compute limit (no trial is started)."""
     if meter.epoch_fits(budget):
@@ -211,13 +219,15 @@ def _admission(book: StudyBook, trial: optuna.Trial, job: Job) -> str:
         taken = book.spent_trials(running=True, below=trial.number)
         if taken >= budget.trials:
             return f"trials ({taken}/{budget.trials}: the budget is taken by finished and running trials)"
+    if budget.seconds is not None or budget.compute is not None:
+        book.sync_clock(meter, every=CLOCK_EVERY)  # the study's clock: other workers may have spent what it would
     if not meter.epoch_fits(budget) and book.has(optuna.trial.TrialState.COMPLETE):
         return (f"budget stop: its first epoch (~{meter.epoch_estimate:.2f} s) would end past the limit "
                 f"({meter.seconds_left(budget):.2f} s left)")
     return ""
 
 
-def _reporter(trial: optuna.Trial, job: Job, *, prunable: bool, multi: bool):
+def _reporter(trial: optuna.Trial, job: Job, book: StudyBook, *, prunable: bool, multi: bool):
     """After each epoch: report to the pruner (never prunes after the last epoch: the work is done), and stop the
     trial at this epoch (:class:`~autosub.hpo.budget.BudgetStop`) when the next one would end past the budget."""
     epochs, meter, budget = job.context.epochs, job.meter, job.budget
@@ -227,6 +237,8 @@ def _reporter(trial: optuna.Trial, job: Job, *, prunable: bool, multi: bool):
         now = time.perf_counter()
         meter.add_epoch(now - last[0])
         last[0] = now
+        if budget.seconds is not None or budget.compute is not None:
+            book.sync_clock(meter, every=CLOCK_EVERY)  # the study's clock (every worker's), every few seconds
         if not multi:
             trial.report(score, epoch + 1)
         if epoch + 1 < epochs and prunable and trial.should_prune():

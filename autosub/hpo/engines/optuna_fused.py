@@ -96,7 +96,7 @@ def run_fused(book: StudyBook, job: Job, kept: dict[str, Any], stop: dict[str, s
     def join(m: _Member) -> bool | str:
         """True: ``m`` joined; False: it does not fit now; a str: why it must train alone."""
         try:
-            return group.add(m.trial.number, m.cand, reporter(m.trial, job))
+            return group.add(m.trial.number, m.cand, reporter(m.trial, job, book))
         except FusionError as exc:
             return f"the model cannot be trained fused: {exc}"
         except Exception as exc:  # the group refused it: training it alone records the same error as unfused

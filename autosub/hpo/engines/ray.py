@@ -100,6 +100,7 @@ class RayEngine(Engine):
         restore = bool(exp) and not info.get("finished") and tune.Tuner.can_restore(str(root / exp))
         bar = tqdm(total=budget.trials, desc=f"search ({job.selector.name}, ray)", disable=not job.progress)
         hooks = Hooks(meter, bar, list(job.callbacks))
+        book.sync_clock(meter)  # the study's clock: its other workers' and earlier calls' time and work
         stop = ""
         if self.exists and not restore and not self.store.join:  # the dead driver's trials Tune cannot continue
             book.fail_stale(single_driver=True)
@@ -139,6 +140,7 @@ class RayEngine(Engine):
             bar.close()
         info["finished"] = True
         study.set_user_attr(RAY_KEY, info)
+        book.sync_clock(meter, done=True)
         records = book.records()
         meter.trials = book.spent_trials()  # the study's total (the searcher may have run elsewhere)
         stop = stop or (searcher.stop_reason if searcher else "") or meter.exhausted(budget) or "budget"

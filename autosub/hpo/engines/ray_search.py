@@ -237,6 +237,9 @@ class SelectorSearcher(Searcher):
     def _exhausted(self) -> str | None:
         """Why no new trial may start: the budget (the study's total), trials counted as finished or running."""
         n = self.book.spent_trials(running=True)
+        hooks = self._hooks()
+        if hooks is not None and (self.budget.seconds is not None or self.budget.compute is not None):
+            self.book.sync_clock(hooks.meter)  # the study's clock as of now (other workers' time and work)
         return self._meter().exhausted(self.budget, trials=n)
 
 
