@@ -16,8 +16,6 @@ from autosub.errors import ConfigError
 from autosub.hpo.budget import Budget
 from autosub.hpo.config import TrainingConfig
 from autosub.hpo.searching import search
-from autosub.hpo.selectors import BaseSelector, Proposal
-from autosub.hpo.space import SearchSpace
 from autosub.training.fused import FusedGroup, TrialSpec
 
 

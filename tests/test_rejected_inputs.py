@@ -14,7 +14,6 @@ from typing import Any, Callable, NamedTuple
 import pytest
 import torch
 
-import autosub
 from autosub import Budget, SearchResult, SearchSpace, as_task, fit, greedy, profile, search, zoo
 from autosub.errors import (BlockDiscoveryError, ConfigError, DataError, SelectionError, WeightsError)
 from autosub.hpo.config import TrainingConfig

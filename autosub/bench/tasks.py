@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..data.task import Split, Task
+from ..data.task import Task
 from ..errors import ConfigError
 
 __all__ = ["BenchTask", "TaskUnavailable", "available_tasks", "get_task", "register_task", "task_names"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError, MissingDependencyError
-from ..report.rundir import tomllib, toml_dumps
+from ..report.rundir import tomllib
 
 __all__ = ["CONFIG_EXCLUDED", "REQUIRED", "add_data_options", "add_model_options", "add_output_options",
            "add_training_options", "apply_config", "check_required", "config_of", "load_config", "parse_resources"]

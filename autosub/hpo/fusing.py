@@ -11,7 +11,7 @@ trials to ask and when; this module only trains them.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable
 
 from ..training.fused import COMPLETE, FAILED, PRUNED, FusedGroup, FusionError, TrialSpec
 from ..training.trainer import FitResult

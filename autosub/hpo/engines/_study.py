@@ -356,6 +356,8 @@ class StudyBook:
         self.space: BoundSpace = context.space
         self.sampler, self.pruner = sampler, pruner or optuna.pruners.NopPruner()
         self.dups = 0  # consecutive duplicate proposals
+        self.continuing: set[int] = set()  # RUNNING trials whose dead process's run goes on elsewhere (Ray Tune's
+        # restore continues them): not stale, never failed and retried by :meth:`fail_stale`
         self._study = study
 
     def __getstate__(self) -> dict[str, Any]:
@@ -409,6 +411,8 @@ class StudyBook:
         """
         host, me, failed = socket.gethostname(), os.getpid(), []
         for t in self.trials(TrialState.RUNNING):
+            if t.number in self.continuing:  # its run goes on (a restored Ray experiment): recorded when it ends
+                continue
             pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
             if not single_driver and (where != host or pid == me or pid_alive(pid)):
                 continue

@@ -182,6 +182,7 @@ class SelectorSearcher(Searcher):
             return number
         if number in self.continued:
             steps = {**self.continued.pop(number), **intermediate}
+            self.book.continuing.discard(number)
             self.book.fail_lost(number, CONTINUED)
             return self.book.add_continuation(number, state=state, values=values, user_attrs=attrs,
                                               intermediate=steps)
@@ -204,6 +205,7 @@ class SelectorSearcher(Searcher):
             raise SearchAborted(f"Cannot restore the Ray searcher from {checkpoint_path}: {type(exc).__name__}: "
                                 f"{exc}. It is not the JSON this autosub writes; start a new search (another "
                                 "run_dir) instead of resume=True.") from exc
+        self.book.continuing.update(self.continued)  # continued before an earlier restore: still not stale
         self._restored, self._reconciled = True, False
 
     def _reconcile(self) -> None:
@@ -219,6 +221,7 @@ class SelectorSearcher(Searcher):
                 continue
             if t.number in known:
                 self.continued.setdefault(t.number, {})
+                self.book.continuing.add(t.number)  # not stale: the after-trial step must not retry it too
                 log.info("trial %d was running when the driver stopped; Ray Tune continues it", t.number)
             else:
                 self.book.fail_lost(t.number, LOST)
