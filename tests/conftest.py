@@ -6,9 +6,12 @@ arguments. No test module imports another test module or this one.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
+import uuid
+from typing import Iterator
 
 import pytest
 import torch
@@ -198,3 +201,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class Folding(nn.Module):
+    """Each example becomes two rows inside the trunk: rows can no longer be told apart by the batch size, so
+    the model cannot be trained fused (``tests/test_fused.py``, ``tests/test_engines_fused.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, 8)
+        self.blocks = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x).reshape(-1, 4)).reshape(-1, 8))
+
+
+@contextlib.contextmanager
+def throwaway_database(base: str, prefix: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server of ``base`` (an SQLAlchemy URL), its URL; dropped afterwards."""
+    import psycopg
+
+    db = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = base.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {db}")
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + db
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -31,6 +30,7 @@ import pytest
 
 from autosub.hpo.budget import Budget, Meter
 from autosub.hpo.engines._study import CLOCK_KEY, StudyStore, sync_clock
+from conftest import throwaway_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20.0  # the budget S
@@ -71,14 +71,9 @@ def storage(tmp_path):
     if not base:
         yield str(tmp_path / "study.log")
         return
-    psycopg = pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install 'psycopg[binary]'")
-    db = f"autosub_clock_{uuid.uuid4().hex[:8]}"
-    admin = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {db}")
-    yield base.rsplit("/", 1)[0] + "/" + db
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install 'psycopg[binary]'")
+    with throwaway_database(base, "autosub_clock") as url:
+        yield url
 
 
 def _study(storage: str) -> optuna.Study | None:

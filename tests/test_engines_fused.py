@@ -9,7 +9,6 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from torch import nn
 
 from autosub.data.task import Split, Task
 from autosub.errors import ConfigError
@@ -17,6 +16,7 @@ from autosub.hpo.budget import Budget
 from autosub.hpo.config import TrainingConfig
 from autosub.hpo.searching import search
 from autosub.training.fused import FusedGroup, TrialSpec
+from conftest import Folding
 
 
 @pytest.fixture(scope="module")
@@ -131,19 +131,6 @@ def test_greedy_fuses_only_the_candidates_of_a_step_it_queued(model_task, tmp_pa
     steps = [(r.user_attrs["greedy_step"], r.user_attrs["fused_k"]) for r in got.records]
     assert steps == [(0, 4)] * 4 + [(1, 3)] * 3  # a step's 4 (then 3) candidates as one group, no sampled trial
     assert got.selection == want.selection and 2 in got.selection  # the oracle block
-
-
-class Folding(nn.Module):
-    """Each example becomes two rows inside the trunk: rows can no longer be told apart, so it cannot be fused."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Linear(8, 8)
-        self.blocks = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x).reshape(-1, 4)).reshape(-1, 8))
 
 
 def test_a_model_that_cannot_be_fused_trains_its_trials_alone_with_the_reason(tmp_path):

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import torch
-from torch import nn
 
 from autosub.data.task import Split, Task
 from autosub.errors import ConfigError, SelectionError, TrainingDiverged
@@ -21,6 +20,7 @@ from autosub.model.subtune import tuned_tensors
 from autosub.training.fused import (COMPLETE, FAILED, PRUNED, FusedGroup, FusionError, GroupMemoryError, TrialSpec,
                                     fit_many)
 from autosub.training.trainer import fit
+from conftest import Folding
 
 SPECS = [TrialSpec((1,), lr=3e-3, epochs=2, seed=0),
          TrialSpec((2, 3), lr=1e-3, weight_decay=0.01, epochs=2, seed=1),
@@ -214,20 +214,6 @@ def test_duplicate_keys_and_bad_memory_are_refused(test_resnet, image_task):
         fit_many(test_resnet, image_task, [TrialSpec((1,), key="x"), TrialSpec((2,), key="x")])
     with pytest.raises(ConfigError, match="'memory'"):
         FusedGroup(test_resnet, image_task, memory=-1)
-
-
-class Folding(nn.Module):
-    """Each example becomes two rows inside the trunk: rows can no longer be told apart by the batch size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Linear(8, 8)
-        self.blocks = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.stem(x).reshape(-1, 4))
-        return self.head(h.reshape(-1, 8))
 
 
 def test_a_model_that_cannot_be_fused_is_refused_or_trained_one_by_one():

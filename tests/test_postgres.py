@@ -19,11 +19,12 @@ import sys
 import tempfile
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+
+from conftest import throwaway_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 8
@@ -76,16 +77,8 @@ def _pg_bin() -> Path | None:
 def pg_url():
     pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install 'psycopg[binary]'")
     if os.environ.get("AUTOSUB_TEST_POSTGRES"):
-        base = os.environ["AUTOSUB_TEST_POSTGRES"]
-        db = f"autosub_test_{uuid.uuid4().hex[:8]}"
-        import psycopg
-
-        admin = base.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {db}")
-        yield base.rsplit("/", 1)[0] + "/" + db
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        with throwaway_database(os.environ["AUTOSUB_TEST_POSTGRES"], "autosub_test") as url:
+            yield url
         return
     bindir = _pg_bin()
     if bindir is None:
