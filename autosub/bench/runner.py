@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from tqdm.auto import tqdm
 
 from .._io import read_json, write_json
 from .._version import __version__
@@ -209,6 +210,9 @@ def _run(config: BenchConfig, out: Path, *, command: str | None, echo: Callable[
     strategies = [s for s in config.strategies if s not in unavailable]
     ran = skipped = 0
     stopped = False
+    # cells done / left with an ETA (on a terminal; off when output is captured)
+    bar = tqdm(total=len(config.tasks) * len(config.sizes) * len(config.seeds) * len(strategies), desc="bench",
+               unit="cell", disable=None)
     for task_name in config.tasks:
         if stopped:
             break
@@ -224,6 +228,7 @@ def _run(config: BenchConfig, out: Path, *, command: str | None, echo: Callable[
                 todo = [s for s in strategies
                         if read_cell(cell_path(out, task_name, size, s, seed), fingerprint(config, s)) is None]
                 skipped += len(strategies) - len(todo)
+                bar.update(len(strategies) - len(todo))
                 if not todo:
                     continue
                 if max_seconds is not None and time.time() - started > max_seconds:
@@ -247,9 +252,11 @@ def _run(config: BenchConfig, out: Path, *, command: str | None, echo: Callable[
                                     account=account)
                     write_json(cell, cell_path(out, task_name, size, s, seed))
                     ran += 1
+                    bar.update(1)
                     say(_line(cell))
             if task_name in unavailable or stopped:
                 break
+    bar.close()
     meta = {"config": config.to_dict(), "command": command, "machine": machine_info(), "loadavg_start": list(load0),
             "loadavg_end": list(os.getloadavg()), "wall_s": round(time.time() - started, 1), "cells_run": ran,
             "cells_reused": skipped, "stopped_early": stopped, "unavailable": unavailable, "autosub_version": __version__}
