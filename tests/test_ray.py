@@ -335,14 +335,7 @@ FAULTS = textwrap.dedent("""
 RAY_BUDGET = 4
 
 
-RESTORE_RACE = pytest.mark.xfail(strict=False, reason=(
-    "known race (issue 10, open): after Tuner.restore a trial the dead driver left RUNNING is either continued by "
-    "Tune or never run again, depending on timing; autosub cannot yet tell which, so it is sometimes trained twice "
-    "(continued and retried) or left RUNNING (continued, never run). Fails in about 1 of 3 full-module runs."))
-
-
-@pytest.mark.parametrize("point", ["prior", pytest.param("mid-trial", marks=RESTORE_RACE),
-                                   pytest.param("between", marks=RESTORE_RACE)])
+@pytest.mark.parametrize("point", ["prior", "mid-trial", "between"])
 def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, cluster, tmp_path):
     from _faults import check_resumed, study_of
 
@@ -380,6 +373,57 @@ def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budg
         assert not (run_dir / "prior-autosub.partial.json").exists()
     else:  # the prior the dead driver computed, not a new one
         assert out["profiles"] == [] and out["prior"] == prior_before
+
+
+def test_a_trial_the_restored_snapshot_knew_but_tune_never_ran_again_is_retried_in_a_follow_up_experiment(
+        cluster, tmp_path):
+    """The restore race made deterministic: the searcher's saved state maps a Tune trial id that Tune's snapshot
+    does not hold to a trial the study has RUNNING, so Tune's restore never runs it again. It must not stay
+    RUNNING: it is failed when the restored experiment ends and its retry runs in a second experiment."""
+    import optuna
+    from _faults import check_resumed, study_of
+
+    from autosub.hpo.engines._study import FAIL_KEY
+
+    script, run_dir, marks = tmp_path / "faults.py", tmp_path / "run", tmp_path / "marks"
+    marks.mkdir()
+    script.write_text(FAULTS.format(tests=str(HERE), budget=RAY_BUDGET))
+    env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
+    drive = lambda mode: subprocess.run([sys.executable, str(script), "between", mode, str(run_dir), str(marks)],  # noqa: E731
+                                        env=env, capture_output=True, text=True, timeout=300)
+    first = drive("new")
+    assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
+    study = study_of(run_dir, "autosub")
+    experiment = study.user_attrs["autosub_ray"]["experiment"]
+    model = next(t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                 and not t.user_attrs.get("known"))
+    lr = model.distributions["lr"]
+    other = (lr.low * lr.high) ** 0.5 if model.params["lr"] != (lr.low * lr.high) ** 0.5 else lr.low
+    study.enqueue_trial({**model.params, "lr": other})  # a configuration not run yet ...
+    orphan = study.ask()  # ... that the dead driver had started (and suggested, as every autosub trial is)
+    for name, dist in model.distributions.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            orphan.suggest_categorical(name, dist.choices)
+        else:
+            orphan.suggest_float(name, dist.low, dist.high, log=dist.log)
+    for k in ("selection", "n_blocks", "proposed_by", "pid", "host", "started_at"):
+        orphan.set_user_attr(k, model.user_attrs[k])
+    orphan.set_user_attr("ray_experiment", experiment)
+    saved = sorted((run_dir / "ray" / experiment).glob("searcher-state-*.pkl"))
+    assert saved, "Tune saved no searcher state"
+    state = json.loads(saved[-1].read_text())  # autosub's searcher state is JSON (whatever Tune names the file)
+    state["numbers"]["never-in-tunes-snapshot"] = orphan.number
+    saved[-1].write_text(json.dumps(state))
+    before = study.get_trials(deepcopy=False)
+
+    second = drive("resume")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in second.stdout.splitlines() if line.startswith("RESULT ")))
+    after = study_of(run_dir, "autosub")
+    check_resumed(before, after, RAY_BUDGET)  # the orphan: failed with a "lost" reason, run again once
+    assert "did not run it again" in after.user_attrs[f"{FAIL_KEY}{orphan.number}"]
+    assert after.user_attrs["autosub_ray"] == {"experiment": f"{experiment}-2", "finished": True, "runs": 2}
+    assert out["trials"] == RAY_BUDGET and out["stop"].startswith("trials"), out
 
 
 CLIENT = textwrap.dedent("""
@@ -522,7 +566,7 @@ def _searcher(tmp_path, experiment="e"):
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_the_searcher_saves_json_and_after_a_restore_settles_the_trials_the_dead_driver_held(tmp_path):
     from autosub.errors import SearchAborted
-    from autosub.hpo.engines.ray_search import started
+    from autosub.hpo.engines.ray_search import settle_not_rerun, started
 
     first = _searcher(tmp_path)
     a, b = first.suggest("tune-a"), first.suggest("tune-b")  # two trials run ...
@@ -548,6 +592,14 @@ def test_the_searcher_saves_json_and_after_a_restore_settles_the_trials_the_dead
     assert started(records, "e") == 2  # trial 1 (running) and trial 0's run; the lost ones do not count
     second.on_trial_complete("tune-a", {"final": True, "values": [0.7], "score": 0.7, "epoch": 2, "number": 0})
     assert len(second.book.records()) == len(records)  # replayed: nothing recorded twice
+
+    # the restored experiment ends and Tune never ran trial b again: it is failed and retried, not left RUNNING
+    assert settle_not_rerun(second.book, "other-experiment") == []  # another experiment's trials are not touched
+    assert settle_not_rerun(second.book, "e") == [b["number"]]
+    after = second.book.records()
+    assert after[b["number"]].state == "FAIL" and "did not run it again" in after[b["number"]].user_attrs["fail_reason"]
+    assert sorted(r.retry_of for r in after if r.state == "WAITING") == sorted([2, b["number"]])
+    assert b["number"] not in second.book.continuing and settle_not_rerun(second.book, "e") == []  # once
 
     import pickle
 

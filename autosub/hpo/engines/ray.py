@@ -21,7 +21,9 @@ the optimizer, schedule and RNG state, not the frozen trunk —, and at the end 
 (its worker or node died) resumes from its last epoch; one that already finished re-reports its record. The
 search's final model is the best trial's checkpoint, not a refit. ``resume=True`` after the driver died calls
 ``Tuner.restore``: finished trials are kept, unfinished ones run again, trials the study holds as RUNNING but
-Tune never recorded are failed and re-enqueued, those Tune continues are recorded as new trials when they end
+Tune never recorded are failed and re-enqueued, those Tune continues are recorded as new trials when they end,
+and those Tune's snapshot knew but never ran again are failed when the restored experiment ends and retried in a
+follow-up experiment of the same call
 (the Optuna public API cannot write to a trial whose ``Trial`` object died with the driver; see
 :mod:`autosub.hpo.engines._study`). Trials record ``node_id``, ``node_ip``, ``pid`` and ``gpu_ids``.
 
@@ -53,7 +55,7 @@ from ...errors import ConfigError, SearchAborted
 from ..backends import RayBackend
 from ._study import Hooks
 from .base import Engine, EngineRun, Job
-from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, train_trial
+from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, settle_not_rerun, train_trial
 
 __all__ = ["LOOPBACK", "RayEngine", "capacity", "connect", "default_resources", "load_tuned", "local_security",
            "tune_config"]
@@ -106,36 +108,47 @@ class RayEngine(Engine):
             book.fail_stale(single_driver=True)
         if self.exists and not restore:
             book.requeue_unrun()
-        if not restore:
-            runs = int(info.get("runs", 0)) + 1
-            exp = re.sub(r"[^A-Za-z0-9_.-]", "_", self.store.study_name) + ("" if runs == 1 else f"-{runs}")
-            info = {"experiment": exp, "finished": False, "runs": runs}
-            stop = book.begin(resumed=self.exists, hooks=hooks)
-        study.set_user_attr(RAY_KEY, info)
-        key = f"{root / exp}::{self.store.study_name}"
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, payload=[ray.put(job.run_trial)], epochs=ctx.epochs),
             dict(self.resources))
         searcher: SelectorSearcher | None = None
+        follow_up = False
         try:
-            with driver_hooks(key, hooks):
-                if stop or meter.exhausted(budget):
-                    stop = stop or meter.exhausted(budget) or ""
-                elif restore:
-                    log.info("restoring the Ray Tune experiment %s", root / exp)
-                    _fit(tune.Tuner.restore(str(root / exp), trainable=trainable, resume_unfinished=True,
-                                            resume_errored=False))
-                else:
-                    searcher = SelectorSearcher(key=key, book=book, budget=budget, meter=meter, experiment=exp)
-                    scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="score", mode="max",
-                                                               max_t=ctx.epochs, grace_period=1, reduction_factor=3)
-                                 if asha else tune.schedulers.FIFOScheduler())
-                    _fit(tune.Tuner(trainable, run_config=tune.RunConfig(
-                        name=exp, storage_path=str(root), verbose=0,
-                        failure_config=tune.FailureConfig(max_failures=self.max_failures),
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),  # 1 forces a snapshot per epoch
-                        tune_config=tune_config(searcher=searcher, scheduler=scheduler, trials=budget.trials,
-                                                max_concurrent_trials=self.slots)))
+            while True:  # one Tune experiment; a second one only runs what a restored one did not run again
+                if not restore:
+                    runs = int(info.get("runs", 0)) + 1
+                    exp = re.sub(r"[^A-Za-z0-9_.-]", "_", self.store.study_name) + ("" if runs == 1 else f"-{runs}")
+                    info = {"experiment": exp, "finished": False, "runs": runs}
+                    if not follow_up:  # a follow-up experiment's queue is set already (the retries)
+                        stop = book.begin(resumed=self.exists, hooks=hooks)
+                study.set_user_attr(RAY_KEY, info)
+                key = f"{root / exp}::{self.store.study_name}"
+                with driver_hooks(key, hooks):
+                    if stop or meter.exhausted(budget):
+                        stop = stop or meter.exhausted(budget) or ""
+                        break
+                    if restore:
+                        log.info("restoring the Ray Tune experiment %s", root / exp)
+                        _fit(tune.Tuner.restore(str(root / exp), trainable=trainable, resume_unfinished=True,
+                                                resume_errored=False))
+                    else:
+                        searcher = SelectorSearcher(key=key, book=book, budget=budget, meter=meter, experiment=exp)
+                        scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="score", mode="max",
+                                                                   max_t=ctx.epochs, grace_period=1,
+                                                                   reduction_factor=3)
+                                     if asha else tune.schedulers.FIFOScheduler())
+                        _fit(tune.Tuner(trainable, run_config=tune.RunConfig(
+                            name=exp, storage_path=str(root), verbose=0,
+                            failure_config=tune.FailureConfig(max_failures=self.max_failures),
+                            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),  # 1: a snapshot per epoch
+                            tune_config=tune_config(searcher=searcher, scheduler=scheduler, trials=budget.trials,
+                                                    max_concurrent_trials=self.slots)))
+                if not restore or not settle_not_rerun(book, exp):
+                    break
+                info["finished"] = True  # the restored experiment is over; its lost trials run in a new one
+                study.set_user_attr(RAY_KEY, info)
+                meter.trials = book.spent_trials()
+                restore, follow_up = False, True
         finally:
             bar.close()
         info["finished"] = True

@@ -8,7 +8,9 @@ state (Tune trial id → study trial number, duplicates, stop reason, lost trial
 JSON for ``Tuner.restore``. After a restore the trials the study still holds RUNNING for this experiment lost
 their ``Trial`` with the dead driver. Those Tune's snapshot knows are continued by Tune: they stay RUNNING
 until their run ends, then are failed by number (reason at study level, see ``_study``) and the run is recorded
-as a new finished trial (``retry_of``, ``continues``); the others are failed at once and re-enqueued.
+as a new finished trial (``retry_of``, ``continues``); the others are failed at once and re-enqueued. Those Tune
+knew but never ran again are failed when the restored experiment ends (:func:`settle_not_rerun`) and retried by
+the engine in a follow-up experiment.
 
 The worker side trains through the Job's ``run_trial``, reports each epoch to the scheduler with a checkpoint
 of the run's :class:`~autosub.training.checkpoint.FitState` (tuned tensors + optimizer, not the trunk) and
@@ -39,7 +41,8 @@ from ..result import TrialRecord
 from ..space import Candidate
 from ._study import MAX_DUPLICATES, Hooks, StudyBook
 
-__all__ = ["SelectorSearcher", "driver_hooks", "dirname", "load_tuned", "started", "train_trial"]
+__all__ = ["SelectorSearcher", "driver_hooks", "dirname", "load_tuned", "settle_not_rerun", "started",
+           "train_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ RECORD = "trial.json"
 WHERE = ("node_id", "node_ip", "pid", "gpu_ids", "threads", "seconds", "started_at")
 LOST = "lost: the driver stopped before Ray Tune recorded this trial; re-enqueued"
 CONTINUED = "lost: the driver stopped mid-trial; Ray Tune continued its run, recorded as a new trial (retry_of)"
+NOT_RERUN = ("lost: the driver stopped mid-trial and Ray Tune's restore did not run it again; re-enqueued and run in "
+             "a follow-up experiment")
 _DRIVER_HOOKS: dict[str, Hooks] = {}  # this process's hooks by searcher key; never pickled
 
 
@@ -324,6 +329,23 @@ def load_tuned(root: Path, number: int, tune_trial: str | None = None) -> dict[s
     pattern = f"trial_*_{tune_trial}" if tune_trial else f"trial_{number:05d}_*"
     hits = sorted(root.glob(f"*/{pattern}/checkpoint_*/{TUNED}"), key=lambda p: p.stat().st_mtime)
     return load_file(str(hits[-1])) if hits else None
+
+
+def settle_not_rerun(book: StudyBook, experiment: str) -> list[int]:
+    """After a restored experiment ended: fail and re-enqueue the trials it left RUNNING; returns their numbers.
+
+    Every Tune trial of a finished experiment has ended, so a study trial of ``experiment`` still RUNNING lost its
+    run with the dead driver and Tune's restore never ran it again (its snapshot held it as ended, or ran it
+    under a record autosub could not match). Without this it would stay RUNNING and its budget share unspent.
+    """
+    lost = [t for t in book.trials(TrialState.RUNNING) if t.user_attrs.get("ray_experiment") == experiment]
+    for t in lost:
+        book.continuing.discard(t.number)
+        book.fail_lost(t.number, NOT_RERUN)
+        book.retry(t.params, t.number, NOT_RERUN, proposed_by=t.user_attrs.get("proposed_by", "retry"),
+                   extra={k: t.user_attrs[k] for k in ("greedy_step",) if k in t.user_attrs})
+        log.warning("trial %d: %s", t.number, NOT_RERUN)
+    return [t.number for t in lost]
 
 
 def dirname(trial: Any) -> str:
