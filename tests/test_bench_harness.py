@@ -12,6 +12,7 @@ from autosub.bench import (Allowance, BaseStrategy, BudgetExceeded, CellContext,
                            register_strategy, register_task, run_benchmark)
 from autosub.bench.runner import cell_path, read_cell, fingerprint
 from autosub.bench.strategies import LinearProbe
+from autosub.errors import ConfigError
 from autosub.bench.tasks import get_task
 from autosub.training.setup import prepare
 
@@ -193,6 +194,27 @@ def test_the_default_never_returns_worse_on_validation_than_the_endpoints_it_com
     ends = out.extra["endpoints"]
     assert out.extra["chosen"] in ("probe", "full") and out.val_score == max(ends["probe"], ends["full"])
     assert out.val_score >= ends["subset"]
+
+
+def test_the_full_ft_endpoint_doubles_its_epochs_only_within_its_share_of_the_allowance():
+    from autosub.bench.strategies import FullFinetune
+
+    bt = get_task("test-digits")
+    model, task = bt.load(size=60, seed=0, options={"image_size": 16, "val_size": "quarter"})
+    from autosub.training.setup import selection_view
+
+    view = selection_view(task)
+
+    def runs(strategy, limit):  # an allowance whose clock barely moves: only the nominal costs decide
+        ctx = CellContext(model=model, task=view, allowance=Allowance(limit, 1e9), seed=0, epochs=1, device="cpu")
+        return sorted(int(k.split("epochs=")[1]) for k in strategy.run(ctx).extra["val_by_run"])
+
+    assert runs(FullFinetune((1e-3,)), 20.0) == [1, 2, 4, 8, 16]  # the baseline: the whole allowance
+    assert runs(FullFinetune((1e-3,), share=0.5), 20.0) == [1, 2, 4, 8]  # 16 more epochs would pass 10
+    assert runs(FullFinetune((1e-3,), share=1.0, max_factor=2), 20.0) == [1, 2]
+    assert "share" not in FullFinetune().describe()  # the baseline's fingerprint (its cells) did not change
+    with pytest.raises(ConfigError, match="'share' parameter of FullFinetune"):
+        FullFinetune(share=0.0)
 
 
 def test_zero_cost_strategies_run_through_search_with_their_statistics_charged_to_the_allowance(tmp_path):

@@ -256,11 +256,20 @@ class FullFinetune(BaseStrategy):
 
     family = "full"
 
-    def __init__(self, lrs: Sequence[float] = (3e-4, 1e-3, 3e-3), *, longer: bool = True) -> None:
-        self.lrs, self.longer = tuple(lrs), longer
+    def __init__(self, lrs: Sequence[float] = (3e-4, 1e-3, 3e-3), *, longer: bool = True, share: float = 1.0,
+                 max_factor: int | None = None) -> None:
+        if not 0 < share <= 1:
+            raise ConfigError(f"The 'share' parameter of FullFinetune must be in (0, 1]; got {share!r} instead.")
+        self.lrs, self.longer, self.share, self.max_factor = tuple(lrs), longer, float(share), max_factor
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "lrs": list(self.lrs), "longer": self.longer, "schedule": "doubling"}
+        share = {"share": self.share, "max_factor": self.max_factor} if self.share < 1 or self.max_factor else {}
+        # (the baseline's description, and so its cells' fingerprint, unchanged)
+        return {**super().describe(), "lrs": list(self.lrs), "longer": self.longer, "schedule": "doubling", **share}
+
+    def _affords(self, ctx: CellContext, units: float) -> bool:
+        """Whether ``units`` more fit in the allowance and in this strategy's share of it."""
+        return ctx.allowance.affords(units) and ctx.allowance.spent + units <= self.share * ctx.allowance.limit
 
     def run(self, ctx: CellContext) -> Outcome:
         best, tried = None, {}
@@ -274,12 +283,13 @@ class FullFinetune(BaseStrategy):
                 best = res
 
         for lr in self.lrs:
-            if best is not None and not ctx.allowance.affords(ctx.epochs * 1.05):
+            if best is not None and not self._affords(ctx, ctx.epochs * 1.05):
                 break  # the next fit would not fit in the allowance
             one(lr, ctx.epochs)
         assert best is not None
         lr, epochs = best.hparams["lr"], 2 * ctx.epochs
-        while self.longer and ctx.allowance.affords(epochs * 1.05):
+        top = ctx.epochs * self.max_factor if self.max_factor else math.inf
+        while self.longer and epochs <= top and self._affords(ctx, epochs * 1.05):
             one(lr, epochs)
             epochs *= 2
         return Outcome("all", float(best.score), best.model, {"lr": best.hparams["lr"], "epochs": best.epochs},
@@ -355,25 +365,29 @@ def _prior_scores(prior: dict) -> list[float] | None:
 class WithEndpoints(SearchStrategy):
     """autosub's default: the profile-prior TPE search with pruning, *beside* the linear probe and full finetuning.
 
-    Full finetuning at ``endpoint_lrs`` runs first, then the probe's convex ``C`` search, then the search with what
-    is left. The best of the three on validation is returned (ties: fewer trainable
+    Full finetuning runs first — the baseline's own search (``endpoint_lrs``, then the best learning rate with
+    doubling epochs) within ``endpoint_share`` of the allowance, since at a few hundred examples long full
+    finetuning is often the best choice —, then the probe's convex ``C`` search, then the search with what is left. The best of the three on validation is returned (ties: fewer trainable
     parameters — the probe, then the subset, then full finetuning). Under cross-validation the search's best
     trial is re-scored on the validation split so the three are compared on the same examples.
     """
 
-    def __init__(self, *, cv_folds: int | None = None, endpoint_lrs: Sequence[float] = (3e-4,)) -> None:
+    def __init__(self, *, cv_folds: int | None = None, endpoint_lrs: Sequence[float] = (3e-4, 3e-3),
+                 endpoint_share: float = 0.5) -> None:
         super().__init__("tpe", prior="profile", pruner="auto", cv_folds=cv_folds)
-        self.endpoint_lrs = tuple(endpoint_lrs)
+        self.endpoint_lrs, self.endpoint_share = tuple(endpoint_lrs), float(endpoint_share)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "endpoint_lrs": list(self.endpoint_lrs), "endpoints": ["probe", "full"],
+                "endpoint_schedule": "doubling", "endpoint_share": self.endpoint_share,
                 "order": "full, probe, search", "probe": LinearProbe().describe()}
 
     def run(self, ctx: CellContext) -> Outcome:
         # The endpoints first — full finetuning (its cost is predictable: about ``epochs`` units), then the convex
         # probe over its whole C grid — and the search gets the rest (it is the part that uses any budget well).
         lrs = tuple(ctx.options.get("endpoint_lrs", self.endpoint_lrs))  # a configuration may set its own
-        full = FullFinetune(lrs, longer=False).run(ctx) if ctx.allowance.affords(3 * ctx.epochs) else None
+        endpoint = FullFinetune(lrs, share=self.endpoint_share, max_factor=8)  # the baseline's schedule, in its share
+        full = endpoint.run(ctx) if ctx.allowance.affords(3 * ctx.epochs) else None
         probe = LinearProbe().run(ctx)
         try:
             res, failed = self.search(ctx), None
