@@ -367,8 +367,9 @@ class WithEndpoints(SearchStrategy):
 
     Full finetuning runs first — the baseline's own search (``endpoint_lrs``, then the best learning rate with
     doubling epochs) within ``endpoint_share`` of the allowance, since at a few hundred examples long full
-    finetuning is often the best choice —, then the probe's convex ``C`` search, then the search with what is left. The best of the three on validation is returned (ties: fewer trainable
-    parameters — the probe, then the subset, then full finetuning). Under cross-validation the search's best
+    finetuning is often the best choice —, then the probe's convex ``C`` search, then the search with what is
+    left. The best of the three on validation is returned (ties: fewer trainable parameters — the probe, then the
+    subset, then full finetuning). Under cross-validation the search's best
     trial is re-scored on the validation split so the three are compared on the same examples.
     """
 
