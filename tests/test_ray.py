@@ -335,16 +335,25 @@ FAULTS = textwrap.dedent("""
 RAY_BUDGET = 4
 
 
-@pytest.mark.parametrize("point", ["prior", "mid-trial", "between"])
-def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, cluster, tmp_path):
-    from _faults import check_resumed, study_of
-
+def _fault_driver(point: str, cluster, tmp_path: Path):
+    """``drive(mode)``: run the FAULTS driver script (killed at ``point`` when ``mode`` is "new"); and its run_dir."""
     script, run_dir, marks = tmp_path / "faults.py", tmp_path / "run", tmp_path / "marks"
     marks.mkdir()
     script.write_text(FAULTS.format(tests=str(HERE), budget=RAY_BUDGET))
     env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
-    drive = lambda mode: subprocess.run([sys.executable, str(script), point, mode, str(run_dir), str(marks)],  # noqa: E731
-                                        env=env, capture_output=True, text=True, timeout=300)
+
+    def drive(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), point, mode, str(run_dir), str(marks)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    return drive, run_dir
+
+
+@pytest.mark.parametrize("point", ["prior", "mid-trial", "between"])
+def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budget(point, cluster, tmp_path):
+    from _faults import check_resumed, study_of
+
+    drive, run_dir = _fault_driver(point, cluster, tmp_path)
     first = drive("new")
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
     study = study_of(run_dir, "autosub")
@@ -385,12 +394,7 @@ def test_a_trial_the_restored_snapshot_knew_but_tune_never_ran_again_is_retried_
 
     from autosub.hpo.engines._study import FAIL_KEY
 
-    script, run_dir, marks = tmp_path / "faults.py", tmp_path / "run", tmp_path / "marks"
-    marks.mkdir()
-    script.write_text(FAULTS.format(tests=str(HERE), budget=RAY_BUDGET))
-    env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
-    drive = lambda mode: subprocess.run([sys.executable, str(script), "between", mode, str(run_dir), str(marks)],  # noqa: E731
-                                        env=env, capture_output=True, text=True, timeout=300)
+    drive, run_dir = _fault_driver("between", cluster, tmp_path)
     first = drive("new")
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:] + first.stderr[-3000:]
     study = study_of(run_dir, "autosub")

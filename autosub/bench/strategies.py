@@ -263,9 +263,9 @@ class FullFinetune(BaseStrategy):
         self.lrs, self.longer, self.share, self.max_factor = tuple(lrs), longer, float(share), max_factor
 
     def describe(self) -> dict[str, Any]:
-        share = {"share": self.share, "max_factor": self.max_factor} if self.share < 1 or self.max_factor else {}
-        # (the baseline's description, and so its cells' fingerprint, unchanged)
-        return {**super().describe(), "lrs": list(self.lrs), "longer": self.longer, "schedule": "doubling", **share}
+        # only when set: the baseline's description, and so its cells' fingerprint, stays unchanged
+        limits = {"share": self.share, "max_factor": self.max_factor} if self.share < 1 or self.max_factor else {}
+        return {**super().describe(), "lrs": list(self.lrs), "longer": self.longer, "schedule": "doubling", **limits}
 
     def _affords(self, ctx: CellContext, units: float) -> bool:
         """Whether ``units`` more fit in the allowance and in this strategy's share of it."""

@@ -418,12 +418,18 @@ class StudyBook:
                 continue
             reason = (f"lost: its driver (pid {pid} on {where}, started {t.user_attrs.get('started_at', '?')}) "
                       "stopped mid-trial; retried at once")
-            self.fail_lost(t.number, reason)
-            self.retry(t.params, t.number, reason, proposed_by=t.user_attrs.get("proposed_by", "retry"),
-                       extra={k: t.user_attrs[k] for k in ("greedy_step",) if k in t.user_attrs})
-            log.warning("trial %d: %s", t.number, reason)
+            self.fail_and_retry(t, reason)
             failed.append(t.number)
         return failed
+
+    def fail_and_retry(self, t: FrozenTrial, reason: str) -> None:
+        """Fail RUNNING trial ``t`` whose run was lost (by number, with ``reason``) and enqueue its parameters again
+        once, keeping who proposed it (and its greedy step)."""
+        self.continuing.discard(t.number)
+        self.fail_lost(t.number, reason)
+        self.retry(t.params, t.number, reason, proposed_by=t.user_attrs.get("proposed_by", "retry"),
+                   extra={k: t.user_attrs[k] for k in ("greedy_step",) if k in t.user_attrs})
+        log.warning("trial %d: %s", t.number, reason)
 
     def settle_waiting(self, reason: str) -> list[int]:
         """Settle every trial still WAITING when the search stops: FAIL, ``unrun``, ``fail_reason`` = ``reason``

@@ -340,11 +340,7 @@ def settle_not_rerun(book: StudyBook, experiment: str) -> list[int]:
     """
     lost = [t for t in book.trials(TrialState.RUNNING) if t.user_attrs.get("ray_experiment") == experiment]
     for t in lost:
-        book.continuing.discard(t.number)
-        book.fail_lost(t.number, NOT_RERUN)
-        book.retry(t.params, t.number, NOT_RERUN, proposed_by=t.user_attrs.get("proposed_by", "retry"),
-                   extra={k: t.user_attrs[k] for k in ("greedy_step",) if k in t.user_attrs})
-        log.warning("trial %d: %s", t.number, NOT_RERUN)
+        book.fail_and_retry(t, NOT_RERUN)
     return [t.number for t in lost]
 
 
