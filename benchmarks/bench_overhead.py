@@ -1,12 +1,13 @@
 """Per-trial framework overhead of the search engines: everything that is not training, as a share of the time.
 
 Tiny CI-size trials (timm's ``test_resnet``, untrained, on 16 px synthetic images, 1 epoch, batch 32) searched with
-the public ``autosub.search`` for 8, 32 and 128 trials, on the Optuna engine (in process, SQLite storage) and the
-Ray engine (local Ray, one trial at a time on one CPU, so both engines do the same serial work with one torch
-thread), and with ``--fused`` the Optuna engine with fused trials. Measured only through the
-public API: ``search()``'s wall clock, a ``RunConfig`` callback (its clock time when each trial is told), each
-trial's ``seconds`` attribute (the time inside the trial function: copy, training, validation) and
-``result.spent["phases"]`` (autosub's own setup: cache fill, epoch calibration).
+the public ``autosub.search`` for 8, 32 and 128 trials, on the Optuna engine (in process, its default storage: a
+journal file in the run directory) and the Ray engine (local Ray, one trial at a time on one CPU, so both engines do
+the same serial work with one torch thread), with ``--fused`` the Optuna engine with fused trials, and with
+``--sqlite`` the Optuna engine on the earlier default storage, SQLite in the run directory
+(``optuna-sqlite``). Measured only through the public API: ``search()``'s wall clock, a ``RunConfig`` callback
+(its clock time when each trial is told), each trial's ``seconds`` attribute (the time inside the trial function:
+copy, training, validation) and ``result.spent["phases"]`` (autosub's own setup: cache fill, epoch calibration).
 
     window      = last trial told − first trial started (its ``datetime_start`` in the study)
     overhead_share        = (window − Σ seconds) / window     steady state: ask/tell, storage, scheduling, reporting
@@ -25,6 +26,7 @@ with ``overhead_share = {engine: {trials: share}}``.
     RAY_AUTH_MODE=disabled python benchmarks/bench_overhead.py            # 8, 32, 128 trials, both engines
     python benchmarks/bench_overhead.py --quick --no-ray                  # 8, 32 trials, Optuna only
     python benchmarks/bench_overhead.py --fused                           # + the Optuna engine with fused trials
+    python benchmarks/bench_overhead.py --no-ray --sqlite                 # journal (default) vs SQLite, one run
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def make_task(n: int, px: int, seed: int = 0) -> Task:
 
 def one_search(model, task, trials: int, engine: str) -> dict:
     """One search of ``trials`` tiny trials on ``engine`` ("optuna", "optuna-fused": the Optuna engine with
-    ``TrainingConfig(fuse=True)``, "ray"); the overhead numbers of the module docs."""
+    ``TrainingConfig(fuse=True)``, "optuna-sqlite": on SQLite, "ray"); the overhead numbers of the module docs."""
     backend = "ray" if engine == "ray" else "optuna"
     training = {"fuse": engine == "optuna-fused"}
     told: list[tuple[float, float, str]] = []  # (clock when told, trial seconds, state)
@@ -77,6 +79,8 @@ def one_search(model, task, trials: int, engine: str) -> dict:
     chosen = autosub.RayBackend(resources_per_trial={"cpu": 1}, max_concurrent_trials=1) if backend == "ray" \
         else backend
     run = {"run_dir": tempfile.mkdtemp(prefix="asb-ovh"), "progress": False, "callbacks": [on_trial]}
+    if engine == "optuna-sqlite":
+        run["storage"] = f"sqlite:///{run['run_dir']}/study.db"
     t0 = time.time()  # wall clock: comparable with the study's datetime_start
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-ray", action="store_true", help="Optuna engine only")
     ap.add_argument("--fused", action="store_true",
                     help="also the Optuna engine with fused trials (TrainingConfig(fuse=True)) as 'optuna-fused'")
+    ap.add_argument("--sqlite", action="store_true",
+                    help="also the Optuna engine on SQLite (the earlier default storage) as 'optuna-sqlite'")
     ap.add_argument("--ray-max", type=int, default=128, help="largest trial count run on Ray")
     ap.add_argument("--examples", type=int, default=96, help="examples in the tiny task (2/3 train)")
     ap.add_argument("--image-size", type=int, default=16)
@@ -162,23 +168,22 @@ def main(argv: list[str] | None = None) -> dict:
     model = timm.create_model("test_resnet", pretrained=False).eval()
     task = make_task(args.examples, args.image_size)
     n_blocks = len(autosub.discover_blocks(model))
-    engines = ["optuna"] + (["optuna-fused"] if args.fused else []) + ([] if args.no_ray else ["ray"])
-    runs: dict[str, dict[str, dict]] = {}
-    for engine in engines:
-        runs[engine] = {}
-        for n in counts:
-            if engine == "ray" and n > args.ray_max:
-                continue
-            r = one_search(model, task, n, engine)
-            runs[engine][str(n)] = r
-            print(f"{engine:>12} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
-                  f"{r['overhead_s_per_trial']:.3f} s/trial → share {r['overhead_share']:.1%} (with start-up "
-                  f"{r['startup_s']:.1f} s: {r['overhead_share_total']:.1%}); load {os.getloadavg()[0]:.1f}",
-                  flush=True)
-        if engine == "ray":
-            import ray
+    engines = ["optuna"] + (["optuna-sqlite"] if args.sqlite else []) + (["optuna-fused"] if args.fused else []) \
+        + ([] if args.no_ray else ["ray"])
+    runs: dict[str, dict[str, dict]] = {e: {} for e in engines}
+    # the in-process engines interleaved per trial count (a drift of the machine's load hits them alike), Ray last
+    order = [(e, n) for n in counts for e in engines if e != "ray"] + \
+        [("ray", n) for n in counts if "ray" in engines and n <= args.ray_max]
+    for engine, n in order:
+        r = one_search(model, task, n, engine)
+        runs[engine][str(n)] = r
+        print(f"{engine:>13} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
+              f"{r['overhead_s_per_trial']:.3f} s/trial → share {r['overhead_share']:.1%} (with start-up "
+              f"{r['startup_s']:.1f} s: {r['overhead_share_total']:.1%}); load {os.getloadavg()[0]:.1f}", flush=True)
+    if "ray" in engines:
+        import ray
 
-            ray.shutdown()
+        ray.shutdown()
     attrs = int(max(r["user_attrs_per_trial"] for r in runs["optuna"].values()))
     base = {st: {str(n): optuna_only(n, n_blocks, attrs, st) for n in counts} for st in ("sqlite", "journal", "memory")}
     result = {
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "config": {"model": "timm test_resnet (untrained)", "examples": args.examples, "image_size": args.image_size,
                    "epochs": 1, "batch_size": 32, "selector": "tpe", "prior": None, "pruner": None,
-                   "storage": "sqlite (default, in run_dir)",
+                   "storage": "the default (a journal file in run_dir); optuna-sqlite: sqlite in run_dir",
                    "ray": "local, one trial at a time on 1 CPU (1 torch thread)",
                    "optuna-fused": "the Optuna engine with TrainingConfig(fuse=True): up to 8 trials per group; "
                                    "a trial's seconds are its share of the group's wall time",
@@ -198,11 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python " + " ".join(["benchmarks/bench_overhead.py",
                                          *(argv if argv is not None else sys.argv[1:])]),
     }
-    print(f"\n{'engine':>12} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
+    print(f"\n{'engine':>13} {'trials':>6} {'train s/trial':>13} {'overhead s/trial':>16} {'share':>7} "
           f"{'share incl. start-up':>20}")
     for e, v in runs.items():
         for n, r in v.items():
-            print(f"{e:>12} {n:>6} {r['train_s_per_trial']:>13.3f} {r['overhead_s_per_trial']:>16.3f} "
+            print(f"{e:>13} {n:>6} {r['train_s_per_trial']:>13.3f} {r['overhead_s_per_trial']:>16.3f} "
                   f"{r['overhead_share']:>7.1%} {r['overhead_share_total']:>20.1%}")
     for st, v in base.items():
         print(f"optuna ask/tell alone ({st}, TPE, {attrs} user attrs): "

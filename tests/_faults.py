@@ -6,15 +6,22 @@ from pathlib import Path
 
 import optuna
 
-from autosub.hpo.engines._study import FAIL_KEY
+from autosub.hpo.engines._study import FAIL_KEY, STUDY_JOURNAL, open_storage
+
+
+def run_storage(run_dir: Path) -> optuna.storages.BaseStorage | None:
+    """The default storage of ``run_dir`` (its journal file), or None before a search created it."""
+    if not (Path(run_dir) / STUDY_JOURNAL).exists():
+        return None
+    return open_storage(None, Path(run_dir))[0]
 
 
 def study_of(run_dir: Path, name: str) -> optuna.Study | None:
-    """The study ``name`` of ``run_dir/study.db``, or None before it exists."""
-    url = f"sqlite:///{run_dir / 'study.db'}"
-    if not (run_dir / "study.db").exists() or name not in optuna.study.get_all_study_names(url):
+    """The study ``name`` in ``run_dir``'s default storage, or None before it exists."""
+    storage = run_storage(run_dir)
+    if storage is None or name not in optuna.study.get_all_study_names(storage):
         return None
-    return optuna.load_study(study_name=name, storage=url)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def trials_of(run_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:

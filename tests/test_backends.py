@@ -62,8 +62,8 @@ def test_valid_ray_options_are_kept_as_plain_data():
 def test_the_optuna_backend_builds_its_engine_and_opens_the_storage_before_any_work(tmp_path):
     kw = dict(study_name="s", run_dir=tmp_path, directions=["maximize"], seed=0)
     engine = OptunaBackend().engine(storage=None, resume=False, **kw)
-    assert isinstance(engine, OptunaEngine) and (tmp_path / "study.db").exists() and engine.load_state() == {}
-    started = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert isinstance(engine, OptunaEngine) and (tmp_path / "study.journal").exists() and engine.load_state() == {}
+    started = optuna.create_study(study_name="s", storage=engine.store.storage)
     started.enqueue_trial({"x": 1.0})  # a study holding a trial has started (an empty one may be taken over)
     with pytest.raises(ConfigError, match="already exists"):
         OptunaBackend().engine(storage=None, resume=False, **kw)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -84,7 +83,7 @@ def test_search_with_baselines_prints_the_final_table_and_saves_the_result(tmp_p
     assert f"blocks {', '.join(map(str, saved.selection))}" in rows[2] and saved.test_score is not None
     base = json.loads((run / "baselines.json").read_text())["rows"]
     assert [b["name"] for b in base] == ["linear probe", "full finetuning"] and len(base[0]["tried"]) == 2
-    assert (run / "study.db").is_file() and (run / "report.html").is_file()
+    assert (run / "study.journal").is_file() and (run / "report.html").is_file()
     assert toml(run / "config.toml")["trials"] == 2
 
 
@@ -123,10 +122,9 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_says_how_to_resume(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "autosub", "search", *MICRO, "--trials", "50", "--prior", "none",
                              "--run-dir", "r", "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    db = tmp_path / "r" / "study.db"
     try:
         for _ in range(2400):  # wait (at most ~10 min on a loaded machine) until one trial has finished
-            if proc.poll() is not None or _finished_trials(db) >= 1:
+            if proc.poll() is not None or _finished_trials(tmp_path / "r") >= 1:
                 break
             time.sleep(0.25)
         assert proc.poll() is None, proc.communicate()[1]
@@ -139,14 +137,11 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_says_how_to_resume(tmp_path):
     assert f"autosub resume {Path('r')}" in err and "Traceback" not in err
 
 
-def _finished_trials(db: Path) -> int:
-    if not db.is_file():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.Error:  # the schema is still being created
-        return 0
+def _finished_trials(run_dir: Path) -> int:
+    """COMPLETE trials of the run's study so far (read with Optuna's public API while the search writes it)."""
+    from _faults import trials_of
+
+    return sum(t.state.name == "COMPLETE" for t in trials_of(run_dir, "autosub"))
 
 
 # ------------------------------------------------------------------------------------------------ in process
@@ -358,7 +353,7 @@ def test_demo_runs_the_search_against_tuned_baselines_and_saves_its_evidence(cap
     from autosub.hpo.result import SearchResult
 
     saved = SearchResult.load(run_dir / "result")
-    assert saved.test_score is not None and (run_dir / "study.db").exists() and (run_dir / "report.html").exists()
+    assert saved.test_score is not None and (run_dir / "study.journal").exists() and (run_dir / "report.html").exists()
     assert f"blocks {', '.join(map(str, saved.selection))}" in lines[2]
     assert "test split was read only for this final table" in out
     assert toml(run_dir / "config.toml")["command"] == "demo"

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -117,7 +116,7 @@ def test_ray_search_returns_the_same_result_as_the_optuna_backend(ray_result, mo
     assert isinstance(res, SearchResult) and res.config["backend"] == "ray"
     assert list(res.trials.columns) == list(ref.trials.columns)
     assert set(res.spent) == set(ref.spent) and res.spent["stop_reason"].startswith("trials")
-    assert res.storage.startswith("sqlite:///") and (run_dir / "study.db").exists()
+    assert res.storage == str((run_dir / "study.journal").resolve()) and (run_dir / "study.journal").exists()
     done = [r for r in res.records if r.state == "COMPLETE"]
     assert len([r for r in res.records if r.state in ("COMPLETE", "PRUNED")]) == 6 and done
     assert res.score == max(r.values[0] for r in done) and 1 <= len(res.selection) <= 2
@@ -198,35 +197,25 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _finished(db: Path) -> dict[int, tuple[str, float | None]]:
-    """Finished trials straight from the study's SQLite file: number -> (state, value)."""
-    if not db.exists():
-        return {}
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            rows = con.execute("SELECT t.number, t.state, v.value FROM trials t LEFT JOIN trial_values v "
-                               "ON v.trial_id = t.trial_id WHERE t.state != 'RUNNING' AND t.state != 'WAITING'")
-            return {int(n): (s, v) for n, s, v in rows}
-    except sqlite3.OperationalError:  # tables not created yet
-        return {}
+def _finished(run_dir: Path) -> dict[int, tuple[str, float | None]]:
+    """Finished trials of the run's study, read while the driver writes it: number -> (state, value)."""
+    from _faults import trials_of
+
+    return {t.number: (t.state.name, t.value) for t in trials_of(run_dir, "autosub") if t.state.is_finished()}
 
 
-def _resumed(db: Path) -> list[int]:
+def _resumed(run_dir: Path) -> list[int]:
     """Trials recorded as resumed from a checkpoint (their worker died mid-trial)."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            rows = con.execute("SELECT t.number FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                               "WHERE a.key = 'resumed_from_epoch'")
-            return [int(n) for (n,) in rows]
-    except sqlite3.OperationalError:
-        return []
+    from _faults import trials_of
+
+    return [t.number for t in trials_of(run_dir, "autosub") if "resumed_from_epoch" in t.user_attrs]
 
 
 def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished_trial(cluster, tmp_path):
     script = tmp_path / "driver.py"
     marker = tmp_path / "crashed-once"
     script.write_text(DRIVER.format(tests=str(HERE), run_dir=str(tmp_path / "run"), marker=str(marker)))
-    db = tmp_path / "run" / "study.db"
+    db = tmp_path / "run"  # the run directory: its study is read with Optuna's API while the driver writes it
     env = {**cluster["env"], "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen([sys.executable, str(script), "new"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -250,11 +239,11 @@ def test_a_dead_worker_is_retried_and_a_killed_driver_resumes_losing_no_finished
     assert all(after[n] == v for n, v in before.items())  # every trial finished before the kill is kept as it was
     ran = [n for n, (s, _) in after.items() if s in ("COMPLETE", "PRUNED")]
     assert len(ran) == 8 and out["stop"].startswith("trials")  # ... and the search completed its budget
-    import optuna
+    from _faults import study_of
 
     from autosub.hpo.engines._study import FAIL_KEY
 
-    study = optuna.load_study(study_name="autosub", storage=f"sqlite:///{db}")
+    study = study_of(db, "autosub")
     trials = study.trials
     failed = [t.user_attrs.get("fail_reason") or study.user_attrs.get(f"{FAIL_KEY}{t.number}", "")  # lost: by number
               for t in trials if t.state.name == "FAIL"]
@@ -459,7 +448,7 @@ def test_a_search_through_ray_client_runs_on_the_cluster(cluster, tmp_path):
     assert out["backend"] == "ray" and out["stop"].startswith("trials (4/4)"), out
     assert len(out["states"]) == 4 and set(out["states"]) <= {"COMPLETE", "PRUNED"} and out["score"] > 0, out
     assert all(ip == "127.0.0.2" and pid != out["driver"] for ip, pid in out["where"]), out  # ran on the cluster
-    assert (tmp_path / "run" / "study.db").exists()  # the Tune loop ran on the head, with the study here
+    assert (tmp_path / "run" / "study.journal").exists()  # the Tune loop ran on the head, with the study here
 
 
 def test_ray_client_session_failures_are_retried_and_other_errors_fail_at_once(monkeypatch):

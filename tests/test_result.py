@@ -130,7 +130,8 @@ def test_the_trials_table_and_dashboard_command(setup):
     _, _, res = setup
     cols = {"number", "state", "score", "selection", "lr", "trainable_params", "added_cost", "compute",
             "proposed_by", "fail_reason"}
-    assert cols <= set(res.trials.columns) and res.dashboard_command.startswith("optuna-dashboard sqlite:///")
+    assert cols <= set(res.trials.columns) and res.dashboard_command.startswith("optuna-dashboard /")
+    assert res.dashboard_command.endswith("/study.journal") and res.storage.endswith("study.journal")
     assert "SearchResult(selection=" in repr(res)
 
 

@@ -27,6 +27,7 @@ from autosub.hpo.searching import search
 from autosub.hpo.space import SearchSpace
 
 from _faults import counted as _counted
+from _faults import study_of, trials_of
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 4
@@ -109,17 +110,12 @@ def _drive(point: str, run_dir: Path) -> subprocess.CompletedProcess:
 
 
 def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
-    url = f"sqlite:///{run_dir / 'study.db'}"
-    if "f" not in optuna.study.get_all_study_names(url):
-        return []
-    return optuna.load_study(study_name="f", storage=url).get_trials(deepcopy=False)
+    return trials_of(run_dir, "f")
 
 
 def _state(run_dir: Path) -> dict:
-    url = f"sqlite:///{run_dir / 'study.db'}"
-    if "f" not in optuna.study.get_all_study_names(url):
-        return {}
-    return dict(optuna.load_study(study_name="f", storage=url).user_attrs.get("autosub", {}))
+    study = study_of(run_dir, "f")
+    return {} if study is None else dict(study.user_attrs.get("autosub", {}))
 
 
 @pytest.mark.parametrize("point", ["cache", "prior", "mid-trial", "between", "end"])
@@ -198,7 +194,7 @@ def test_resume_refuses_another_model_or_another_space_before_any_trial(model, t
         search(twin, task, 2, space=SearchSpace(max_blocks=2), resume=True, **kw)
     with pytest.raises(ConfigError, match=r"another search space \(differs in \['max_blocks'\]"):
         search(model, task, 2, space=SearchSpace(max_blocks=3), resume=True, **kw)
-    trials = optuna.load_study(study_name="v", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    trials = study_of(tmp_path, "v").get_trials()
     assert len(trials) == 1
 
 
@@ -235,7 +231,7 @@ def test_ctrl_c_in_a_trial_then_resume_finishes_the_original_budget(model, task,
         search(model, task, 3, **kw)
     monkeypatch.setattr(S, "fit", real)
     res = search(model, task, 3, resume=True, **kw)  # the same budget: the trials it had left
-    trials = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    trials = study_of(tmp_path, "c").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert trials[1].user_attrs["fail_reason"] == "interrupted"
     assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params  # retried first

@@ -60,7 +60,7 @@ def test_search_finishes_within_budget_with_a_valid_result_and_never_reads_test_
     assert res.test_score is not None and 0.0 <= res.test_score <= 1.0
     assert res.spent["compute"] > 0 and set(res.spent["phases"]) >= {"cache", "calibration"}
     assert list(res.trials["number"]) == sorted(r.number for r in res.records)
-    assert (tmp_path / "study.db").exists() and res.storage.startswith("sqlite:///")
+    assert res.storage == str((tmp_path / "study.journal").resolve()) and (tmp_path / "study.journal").exists()
     # the spy: every read of the test data happened in the final report, once
     assert t.test.reads and all("_test_score" in stack for stack in t.test.reads)
     x = task.val.inputs[:4]
@@ -271,7 +271,9 @@ def test_autosub_search_is_the_function_whatever_was_imported(model, task, tmp_p
 def test_diverged_trials_fail_with_their_reason_and_are_never_the_result(model, task, tmp_path):
     with pytest.raises(ConfigError, match="finished no trial.*TrainingDiverged.*lower the learning rate"):
         search(model, task, 2, run_dir=tmp_path, space=SearchSpace(lr=1e12), **fast())
-    study = optuna.load_study(study_name="autosub", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    from _faults import study_of
+
+    study = study_of(tmp_path, "autosub")
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "FAIL"] and all("epoch 1" in t.user_attrs["fail_reason"] for t in study.trials)
 

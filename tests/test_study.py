@@ -205,3 +205,26 @@ def test_known_results_become_finished_trials_and_reach_the_callbacks(tmp_path):
     done, queued = book.records()
     assert done.state == "COMPLETE" and done.values == [0.3] and "cum_compute" in done.user_attrs
     assert queued.state == "WAITING" and seen == ["COMPLETE"]
+
+
+def test_the_default_storage_is_a_journal_file_and_a_run_dir_with_an_old_study_db_keeps_it(tmp_path):
+    from optuna.storages import JournalStorage, RDBStorage
+
+    from autosub.hpo.engines import default_storage, open_storage
+
+    fresh = tmp_path / "new"
+    storage, shown = open_storage(None, fresh)
+    assert isinstance(storage, JournalStorage) and shown == str((fresh / "study.journal").resolve())
+    assert default_storage(fresh) == shown and (fresh / "study.journal").is_file()
+    optuna.create_study(study_name="s", storage=storage).enqueue_trial({"x": 1.0})
+    again, _ = open_storage(None, fresh)  # a second opening (a resume) reads the same study back
+    assert [t.state for t in optuna.load_study(study_name="s", storage=again).trials] == [TrialState.WAITING]
+
+    old = tmp_path / "old"  # a run of an earlier autosub: its SQLite study stays the storage, so it resumes
+    old.mkdir()
+    optuna.create_study(study_name="s", storage=f"sqlite:///{old / 'study.db'}").enqueue_trial(
+        {"x": 2.0}, user_attrs={"from": "sqlite"})
+    storage, shown = open_storage(None, old)
+    assert isinstance(storage, RDBStorage) and shown == f"sqlite:///{(old / 'study.db').resolve()}"
+    assert [t.user_attrs for t in optuna.load_study(study_name="s", storage=storage).trials] == [{"from": "sqlite"}]
+    assert not (old / "study.journal").exists()

@@ -1,8 +1,8 @@
 """``autosub resume RUN_DIR``: continue an interrupted ``autosub search`` or ``autosub demo`` where it stopped.
 
-The run's ``config.toml`` says what it was; its Optuna study (``study.db``, or the ``--storage`` it used) keeps every
-finished trial. The search continues with the trials its budget had left (``--trials N``: N more), the demo reuses
-the baselines it had already trained.
+The run's ``config.toml`` says what it was; its Optuna study (``study.journal``; ``study.db`` in an earlier
+autosub's runs; or the ``--storage`` it used) keeps every finished trial. The search continues with the trials its
+budget had left (``--trials N``: N more), the demo reuses the baselines it had already trained.
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-failures", type=int, default=None, help="Ray: retries of a trial whose worker dies")
     g.add_argument("--max-concurrent-trials", type=int, default=None, help="Ray: trials at once")
     g.add_argument("--storage", default=None, help="Optuna storage URL or journal file (default: "
-                   "sqlite:///RUN_DIR/study.db)")
+                   "RUN_DIR/study.journal)")
     g.add_argument("--study-name", default="autosub", help="the study's name in the storage (default: autosub)")
 
 
@@ -83,7 +83,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                        description="autosub.search: cheap per-block profiling gives a prior, then Optuna (or Ray "
                        "Tune) explores subsets of blocks and learning rates within the budget; validation picks the "
                        "winner and the test split is read once, at the end. Writes RUN_DIR/result/, "
-                       "RUN_DIR/study.db and RUN_DIR/report.html.", epilog=EXAMPLES,
+                       "RUN_DIR/study.journal and RUN_DIR/report.html.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     add_data_options(p)

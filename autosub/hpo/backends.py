@@ -43,7 +43,7 @@ class Backend(abc.ABC):
         """Build this backend's engine; it validates and opens the storage before any work.
 
         Args:
-            storage: None (``sqlite:///<run_dir>/study.db``), an Optuna URL, a journal file path or an Optuna
+            storage: None (``<run_dir>/study.journal``), an Optuna URL, a journal file path or an Optuna
                 storage object.
             study_name: The study to create or (with ``resume``) continue.
             run_dir: The search's directory (default storage, Ray Tune's experiment).

@@ -91,8 +91,9 @@ class RunConfig:
 
     Args:
         run_dir: the run's directory (study, Ray experiment); default ``autosub-runs/<time>``.
-        storage: ``None`` → ``sqlite:///<run_dir>/study.db``; any Optuna storage URL (``postgresql://…``); a journal
-            file path (``*.log``/``*.jsonl``/``*.journal`` or ``journal:<path>``); or an Optuna storage object.
+        storage: ``None`` → the journal file ``<run_dir>/study.journal`` (``study.db`` where an earlier run left
+            one); any Optuna storage URL (``postgresql://…``); a journal file path (``*.log``/``*.jsonl``/
+            ``*.journal`` or ``journal:<path>``); or an Optuna storage object.
         study_name: the Optuna study's name inside the storage.
         callbacks: called as ``cb(record, model_or_None)`` after every trial, outside the budget's clock.
         progress: tqdm progress bars.

@@ -7,8 +7,9 @@ BatchNorm buffers included) and ``trials.csv``; ``load(dir)`` + ``to_model(base_
 """
 from __future__ import annotations
 
-import math
 import logging
+import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,8 +161,9 @@ class SearchResult:
 
     @property
     def dashboard_command(self) -> str:
-        """The shell command that opens this study in optuna-dashboard."""
-        return f"optuna-dashboard {self.storage}" if self.storage else ""
+        """The shell command that opens this study in optuna-dashboard (a journal file path or an RDB URL, quoted
+        for the shell)."""
+        return f"optuna-dashboard {shlex.quote(str(self.storage))}" if self.storage else ""
 
     # -- persistence ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@
       profile.json     `autosub profile`: autosub.Profile.save
       greedy.json      `autosub greedy`: autosub.GreedyResult.save
       prediction.json  `autosub predict`: the predicted value of each block
-      study.db         `autosub search` / `demo`: the Optuna study (optuna-dashboard sqlite:///RUN_DIR/study.db)
+      study.journal    `autosub search` / `demo`: the Optuna study, a journal file (optuna-dashboard
+                       RUN_DIR/study.journal; a run of an earlier autosub has study.db, SQLite, and keeps it)
       result/          `autosub search` / `demo`: autosub.SearchResult.save (autosub.json, tuned.safetensors, trials.csv)
       baselines.json   `autosub demo`, `autosub search --baselines`: the tuned linear probe and full finetuning
       report.html      `autosub report RUN_DIR` (written at the end of every run too)
@@ -33,11 +34,12 @@ from .._version import __version__
 from ..errors import ConfigError, MissingDependencyError
 
 __all__ = ["BASELINES", "BLOCKS", "COMMAND", "CONFIG", "GREEDY", "PREDICTION", "PROFILE", "REPORT", "RESULT",
-           "STUDY", "SUMMARY", "Run", "append_command", "blocks_record", "check_new_run_dir", "command_line",
-           "default_run_dir", "read_run", "start_run", "toml_dumps", "tomllib", "write_summary"]
+           "STUDY", "STUDY_DB", "SUMMARY", "Run", "append_command", "blocks_record", "check_new_run_dir",
+           "command_line", "default_run_dir", "read_run", "start_run", "toml_dumps", "tomllib", "write_summary"]
 
 COMMAND, CONFIG, BLOCKS, SUMMARY = "command.txt", "config.toml", "blocks.json", "summary.json"
-PROFILE, GREEDY, PREDICTION, STUDY = "profile.json", "greedy.json", "prediction.json", "study.db"
+PROFILE, GREEDY, PREDICTION = "profile.json", "greedy.json", "prediction.json"
+STUDY, STUDY_DB = "study.journal", "study.db"  # the default Optuna storage; the earlier default (SQLite)
 RESULT, BASELINES, REPORT = "result", "baselines.json", "report.html"
 _OURS = (COMMAND, CONFIG, BLOCKS, SUMMARY)
 
@@ -55,7 +57,8 @@ def check_new_run_dir(path: Path) -> None:
     """A new run needs a directory that holds no earlier run (refused before any work)."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--run-dir {str(path)!r} is a file; give a directory.")
-    if path.is_dir() and any((path / name).exists() for name in (CONFIG, COMMAND, RESULT, STUDY, PROFILE, GREEDY)):
+    if path.is_dir() and any((path / name).exists() for name in (CONFIG, COMMAND, RESULT, STUDY, STUDY_DB, PROFILE,
+                                                              GREEDY)):
         raise ConfigError(f"--run-dir {str(path)!r} already holds a run; continue it with `autosub resume {path}`, "
                           "or give another --run-dir.")
 

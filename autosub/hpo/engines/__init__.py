@@ -10,8 +10,8 @@ Engines are built by a backend (:func:`autosub.hpo.backends.resolve_backend` the
 """
 from __future__ import annotations
 
-from ._study import Hooks, StudyBook, StudyStore, count_spent, mask_url, open_storage, to_record
+from ._study import Hooks, StudyBook, StudyStore, count_spent, default_storage, mask_url, open_storage, to_record
 from .base import Engine, EngineRun, Job, Reporter, TrialOutcome
 
 __all__ = ["Engine", "EngineRun", "Hooks", "Job", "Reporter", "StudyBook", "StudyStore", "TrialOutcome",
-           "count_spent", "mask_url", "open_storage", "to_record"]
+           "count_spent", "default_storage", "mask_url", "open_storage", "to_record"]

@@ -44,8 +44,9 @@ from ..space import BoundSpace, Candidate
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Job
 
-__all__ = ["CLOCK_KEY", "FAIL_KEY", "Hooks", "count_spent", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY", "STATE_KEY", "StudyBook",
-           "StudyStore", "Verdict", "CLOCK_EVERY", "mask_url", "open_storage", "pid_alive", "sync_clock", "to_record"]
+__all__ = ["CLOCK_EVERY", "CLOCK_KEY", "FAIL_KEY", "Hooks", "JOURNAL_SUFFIXES", "MAX_DUPLICATES", "SPENT_KEY",
+           "STATE_KEY", "STUDY_DB", "STUDY_JOURNAL", "StudyBook", "StudyStore", "Verdict", "count_spent",
+           "default_storage", "mask_url", "open_storage", "pid_alive", "sync_clock", "to_record"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ LIVE_GRACE = 120.0  # s: a worker of another machine counts as running while its
 RESUME_MODES = (False, True, "join")
 FAIL_KEY = "autosub_fail_reason:"  # + trial number: the reason of a trial failed after its Trial object was lost
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+STUDY_JOURNAL = "study.journal"  # the default storage: an Optuna journal file in the run directory
+STUDY_DB = "study.db"  # the earlier default (SQLite): a run directory that has one keeps using it
 MAX_DUPLICATES = 25  # consecutive repeats of finished configurations before the space counts as exhausted
 COPIED_FROM_DUPLICATE = ("curve", "trainable_params", "added_cost")
 
@@ -99,19 +102,38 @@ def pid_alive(pid: Any) -> bool:
         return True
 
 
+def default_storage(run_dir: Path) -> str:
+    """The storage of ``storage=None``: ``<run_dir>/study.journal``, an Optuna journal file — or
+    ``sqlite:///<run_dir>/study.db`` where the run directory already has one (an earlier autosub's default: such
+    runs stay resumable).
+
+    Why a journal and not SQLite: Optuna's RDB storage commits every ``set_user_attr`` / ``report`` / ``tell`` as
+    its own transaction: the engine's overhead was 0.10–0.12 s per trial on SQLite, 0.011–0.015 s on the
+    journal (``benchmarks/bench_overhead.py --sqlite``). The journal is one append-only file that copies, resumes
+    and opens in optuna-dashboard (``optuna-dashboard <run_dir>/study.journal``). What it lacks is Optuna's
+    heartbeat, which only matters for workers on *other* machines (a dead worker of this machine is found by its
+    pid): give those an RDB URL (``postgresql://…``).
+    """
+    legacy = Path(run_dir) / STUDY_DB
+    if legacy.exists():
+        return f"sqlite:///{legacy.resolve()}"
+    return str((Path(run_dir) / STUDY_JOURNAL).resolve())
+
+
 def open_storage(spec: Any, run_dir: Path, *, heartbeat_interval: int = 60, grace_period: int | None = None,
                  max_retry: int = 3) -> tuple[BaseStorage, str]:
     """Open (and check) an Optuna storage; return it and a URL/path users can pass to optuna-dashboard.
 
-    ``None`` → ``sqlite:///<run_dir>/study.db``; an Optuna URL (RDB storages get a heartbeat and
-    ``RetryHeartbeatStaleTrialCallback``: a trial whose process died is failed and re-enqueued on the next run);
-    a path ending in ``.log``/``.jsonl``/``.journal`` or ``journal:<path>`` → ``JournalStorage``; a storage object.
+    ``None`` → :func:`default_storage` (``<run_dir>/study.journal``); an Optuna URL (RDB storages get a heartbeat
+    and ``RetryHeartbeatStaleTrialCallback``: a trial whose process died is failed and re-enqueued on the next
+    run); a path ending in ``.log``/``.jsonl``/``.journal`` or ``journal:<path>`` → ``JournalStorage``; a storage
+    object.
     """
     if isinstance(spec, BaseStorage):
         return spec, mask_url(getattr(spec, "url", type(spec).__name__))
     if spec is None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        spec = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+        spec = default_storage(run_dir)
     if not isinstance(spec, (str, Path)):
         raise ConfigError(f"The 'storage' parameter of search must be None, an Optuna storage URL, a journal file "
                           f"path or an optuna storage object; got {type(spec).__name__} instead.")

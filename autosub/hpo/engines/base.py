@@ -127,8 +127,9 @@ class Engine(abc.ABC):
     options there too (Ray: joins the cluster, checks that a trial fits).
 
     Args:
-        storage: None (``sqlite:///<run_dir>/study.db``), an Optuna URL, a journal file path
-            (``.log``/``.jsonl``/``.journal`` or ``journal:<path>``) or an Optuna storage object.
+        storage: None (``<run_dir>/study.journal``: :func:`~autosub.hpo.engines._study.default_storage`), an
+            Optuna URL, a journal file path (``.log``/``.jsonl``/``.journal`` or ``journal:<path>``) or an Optuna
+            storage object.
         study_name: The study to create or continue.
         run_dir: The search's directory.
         resume: Continue the existing study ``study_name`` (True), create-or-load it as one of several workers

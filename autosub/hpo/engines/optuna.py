@@ -1,7 +1,7 @@
 """The in-process Optuna engine: one study in any Optuna storage, ``study.optimize`` under autosub's budget.
 
-Storage: see :func:`~autosub.hpo.engines._study.open_storage` (SQLite by default, any Optuna URL, a journal
-file, a storage object). RDB storages get a heartbeat and ``RetryHeartbeatStaleTrialCallback``: a trial whose
+Storage: see :func:`~autosub.hpo.engines._study.open_storage` (a journal file in the run directory by default,
+any Optuna URL, a storage object). RDB storages get a heartbeat and ``RetryHeartbeatStaleTrialCallback``: a trial whose
 process died is failed on the next run and re-enqueued with the same parameters. A trial that raises is
 recorded FAIL with ``fail_reason`` and the search goes on; ``SearchAborted`` (and Ctrl-C) stop it — an
 interrupted trial is re-enqueued first, so ``resume=True`` runs it again. The study bookkeeping is the shared

@@ -2,7 +2,7 @@
 
 Design: **a Tune ``Searcher`` that wraps autosub's selector** (:class:`SelectorSearcher`), not Ray's
 ``OptunaSearch``. The searcher keeps the Optuna study in the same storage as the Optuna backend
-(``sqlite:///<run_dir>/study.db`` by default) and asks it with the selector's own sampler (prior-biased TPE,
+(``<run_dir>/study.journal`` by default) and asks it with the selector's own sampler (prior-biased TPE,
 NSGA-II, random), so warm-start trials, enqueued proposals, adaptive selectors (greedy, top-k: they never
 sample, they wait for their running trials) and duplicate/infeasible handling behave exactly as in-process.
 ``OptunaSearch`` cannot record PRUNED warm-start trials, add proposals mid-run or wait for a greedy step.
