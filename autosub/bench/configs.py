@@ -98,7 +98,8 @@ class BenchConfig:
 # Budgets: autosub's default profiles every block for one epoch as its prior (EfficientNet-Lite0: 16 blocks ≈ 9.2
 # full-FT epochs at 32 px) and search() runs that profile only when it costs ≤ half of the search's budget, so a
 # budget under ~19 (after the full-FT endpoint, which measured ~2.5 units per epoch under load) silently turns
-# the default into TPE without a prior: every configuration that runs the default on Lite0 gives it 30.
+# the default into TPE without a prior: every configuration that runs the default on Lite0 gives it 30. `quick` must
+# finish in <= 5 min: at 100 examples it took 6.8 min idle (5.5 at a budget of 20), so it runs 50 examples.
 ALL_STRATEGIES = ("linear-probe", "full-ft", "greedy", "profile-top1", "profile-topk", "random", "tpe", "tpe-prior",
                   "autosub", "autosub-cv", "predictor", "tpe-predictor", "auto-rgn", "cka", "logme")
 REAL_TASKS = ("lite0-mnist", "lite0-digits", "lite0-animals", "lite1-mnist", "lite1-digits", "lite1-animals",
@@ -109,7 +110,7 @@ CONFIGS: dict[str, BenchConfig] = {
                          seeds=(0,), budget=40.0, trials=3, tolerance=3.0, epochs=1, image_size=16, max_blocks=1,
                          full_lrs=(1e-3,), threads=1),
     "quick": BenchConfig("quick", tasks=("lite0-digits", "lite0-mnist"),
-                         strategies=("linear-probe", "full-ft", "tpe", "autosub"), sizes=(100,), seeds=(0, 1),
+                         strategies=("linear-probe", "full-ft", "tpe", "autosub"), sizes=(50,), seeds=(0, 1),
                          budget=30.0, epochs=2, image_size=32, max_blocks=2, full_lrs=(3e-4, 1e-3, 3e-3)),
     "cpu": BenchConfig("cpu", tasks=("lite0-digits", "lite0-animals"),  # two unlike tasks: ≤ 60 min on 2 cores
                        strategies=("linear-probe", "full-ft", "greedy", "tpe", "autosub", "autosub-cv", "predictor"),
