@@ -90,7 +90,10 @@ def check(run_dir: Path) -> dict:
     """Compare the final study with what the drivers saw; count faults, kills, losses and duplicates."""
     import optuna
 
-    trials = optuna.load_study(study_name="soak", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
+    from autosub.hpo.engines import open_storage
+
+    storage, _ = open_storage(None, run_dir)  # the drivers' default storage: the run directory's study
+    trials = optuna.load_study(study_name="soak", storage=storage).get_trials()
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     by_number = {t.number: t for t in trials}
     seen_complete = {e["number"]: e["values"] for e in events if e.get("state") == "COMPLETE"}
