@@ -62,4 +62,6 @@ def check_resumed(before: list, study: optuna.Study, budget: int) -> None:
         lost = after[t.number]
         assert lost.state.name == "FAIL" and fail_reason(study, lost).startswith("lost"), table
         again = [r for r in after if r.user_attrs.get("retry_of") == t.number]
-        assert len(again) == 1 and again[0].params == lost.params and again[0].state.is_finished(), table
+        # the same parameters (a trial lost before all were sampled: those it had, the sampler picks the rest)
+        assert len(again) == 1 and lost.params.items() <= again[0].params.items(), table
+        assert again[0].state.is_finished(), table

@@ -375,9 +375,12 @@ def test_a_ray_driver_killed_at_any_point_resumes_and_finishes_its_original_budg
 
 def test_a_trial_the_restored_snapshot_knew_but_tune_never_ran_again_is_retried_in_a_follow_up_experiment(
         cluster, tmp_path):
-    """The restore race made deterministic: the searcher's saved state maps a Tune trial id that Tune's snapshot
-    does not hold to a trial the study has RUNNING, so Tune's restore never runs it again. It must not stay
-    RUNNING: it is failed when the restored experiment ends and its retry runs in a second experiment."""
+    """The two restore races made deterministic. (1) The searcher's saved state maps a Tune trial id that Tune's
+    snapshot does not hold to a trial the study has RUNNING, so Tune's restore never runs it again. It must not
+    stay RUNNING: it is failed when the restored experiment ends and its retry runs in a second experiment.
+    (2) The driver died between ``study.ask()`` and the end of the trial's label (one parameter sampled, no
+    experiment recorded; CI once left such a trial RUNNING and its budget share unspent): the restored searcher
+    fails it and its retry runs."""
     import optuna
     from _faults import check_resumed, study_of
 
@@ -407,6 +410,9 @@ def test_a_trial_the_restored_snapshot_knew_but_tune_never_ran_again_is_retried_
     state = json.loads(saved[-1].read_text())  # autosub's searcher state is JSON (whatever Tune names the file)
     state["numbers"]["never-in-tunes-snapshot"] = orphan.number
     saved[-1].write_text(json.dumps(state))
+    cut_off = study.ask()  # asked by the dead driver, which was killed while labelling it
+    cut_off.suggest_float("lr", lr.low, lr.high, log=lr.log)
+    cut_off.set_user_attr("pid", model.user_attrs["pid"])
     before = study.get_trials(deepcopy=False)
 
     second = drive("resume")
@@ -415,6 +421,7 @@ def test_a_trial_the_restored_snapshot_knew_but_tune_never_ran_again_is_retried_
     after = study_of(run_dir, "autosub")
     check_resumed(before, after, RAY_BUDGET)  # the orphan: failed with a "lost" reason, run again once
     assert "did not run it again" in after.user_attrs[f"{FAIL_KEY}{orphan.number}"]
+    assert "while it asked for this trial" in after.user_attrs[f"{FAIL_KEY}{cut_off.number}"]
     assert after.user_attrs["autosub_ray"] == {"experiment": f"{experiment}-2", "finished": True, "runs": 2}
     assert out["trials"] == RAY_BUDGET and out["stop"].startswith("trials"), out
 

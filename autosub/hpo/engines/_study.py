@@ -431,18 +431,25 @@ class StudyBook:
         mode, or between trials) only those recorded by a process of this machine (``host``/``pid``) that no
         longer runs; a trial of another machine is left to Optuna's heartbeat (RDB storages).
         """
-        host, me, failed = socket.gethostname(), os.getpid(), []
+        failed = []
         for t in self.trials(TrialState.RUNNING):
             if t.number in self.continuing:  # its run goes on (a restored Ray experiment): recorded when it ends
                 continue
-            pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-            if not single_driver and (where != host or pid == me or pid_alive(pid)):
+            if not single_driver and not self.is_stale(t):
                 continue
+            pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
             reason = (f"lost: its driver (pid {pid} on {where}, started {t.user_attrs.get('started_at', '?')}) "
                       "stopped mid-trial; retried at once")
             self.fail_and_retry(t, reason)
             failed.append(t.number)
         return failed
+
+    @staticmethod
+    def is_stale(t: FrozenTrial) -> bool:
+        """Whether RUNNING trial ``t`` was started by a process of this machine (other than this one) that is gone;
+        a trial of another machine, or with no ``pid`` recorded yet, is left to Optuna's heartbeat (RDB storages)."""
+        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        return where == socket.gethostname() and pid != os.getpid() and not pid_alive(pid)
 
     def fail_and_retry(self, t: FrozenTrial, reason: str) -> None:
         """Fail RUNNING trial ``t`` whose run was lost (by number, with ``reason``) and enqueue its parameters again
@@ -541,10 +548,12 @@ class StudyBook:
         by = trial.user_attrs.get("proposed_by")
         if not by and isinstance(self.sampler, StructuredSampler):
             by = self.sampler.proposed_by(trial.number)
-        info = {"selection": list(sel), "n_blocks": len(sel), "proposed_by": by or "sampler",
+        # who runs it first: a driver killed while labelling leaves a trial :meth:`fail_stale` can still place
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "selection": list(sel), "n_blocks": len(sel), "proposed_by": by or "sampler",
                 "trainable_params": self.space.trainable_params(sel), "added_cost": self.space.added_cost(sel),
-                "pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+                **extra}
         for k, v in info.items():
             trial.set_user_attr(k, v)
 

@@ -132,7 +132,8 @@ class RayEngine(Engine):
                         _fit(tune.Tuner.restore(str(root / exp), trainable=trainable, resume_unfinished=True,
                                                 resume_errored=False))
                     else:
-                        searcher = SelectorSearcher(key=key, book=book, budget=budget, meter=meter, experiment=exp)
+                        searcher = SelectorSearcher(key=key, book=book, budget=budget, meter=meter, experiment=exp,
+                                                    single_driver=not self.store.join)
                         scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="score", mode="max",
                                                                    max_t=ctx.epochs, grace_period=1,
                                                                    reduction_factor=3)

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 RECORD = "trial.json"
 WHERE = ("node_id", "node_ip", "pid", "gpu_ids", "threads", "seconds", "started_at")
 LOST = "lost: the driver stopped before Ray Tune recorded this trial; re-enqueued"
+UNLABELLED = "lost: the driver stopped while it asked for this trial, before Ray Tune got it; re-enqueued"
 CONTINUED = "lost: the driver stopped mid-trial; Ray Tune continued its run, recorded as a new trial (retry_of)"
 NOT_RERUN = ("lost: the driver stopped mid-trial and Ray Tune's restore did not run it again; re-enqueued and run in "
              "a follow-up experiment")
@@ -75,11 +76,15 @@ class SelectorSearcher(Searcher):
         budget: The search's budget, checked with :meth:`~autosub.hpo.budget.Meter.exhausted` before each trial.
         meter: The driver's meter; a copy away from the driver counts on the wall clock (a deadline).
         experiment: The Tune experiment's name, recorded on every trial it starts.
+        single_driver: No other driver shares the study (not ``resume="join"``): after a restore, a RUNNING
+            trial that no experiment claims was asked by the dead driver.
     """
 
-    def __init__(self, *, key: str, book: StudyBook, budget: Budget, meter: Meter, experiment: str) -> None:
+    def __init__(self, *, key: str, book: StudyBook, budget: Budget, meter: Meter, experiment: str,
+                 single_driver: bool = True) -> None:
         super().__init__(metric="score", mode="max")
         self.key, self.book, self.budget, self.meter, self.experiment = key, book, budget, meter, experiment
+        self.single_driver = single_driver
         self.samples = book.selector.samples
         self.numbers: dict[str, int] = {}  # Tune trial id → study trial number, for the trials Tune runs
         self.continued: dict[int, dict[int, float]] = {}  # lost trials Tune continues → their intermediate values
@@ -216,13 +221,20 @@ class SelectorSearcher(Searcher):
     def _reconcile(self) -> None:
         """After a restore: this experiment's RUNNING trials lost their Trial with the driver. Tune continues the
         ones its snapshot knows (they stay RUNNING until their run ends, then are failed and their run recorded as
-        a new trial); the others are failed now and re-enqueued."""
+        a new trial); the others are failed now and re-enqueued. So are the trials the driver died asking for
+        (RUNNING, no experiment recorded yet: its label was cut off): Tune never got them."""
         if not self._restored or self._reconciled:
             return
         self._reconciled = True
         known = set(self.numbers.values())  # the trials Tune's restored snapshot knows (and runs again)
         for t in self.book.trials(TrialState.RUNNING):
-            if t.user_attrs.get("ray_experiment") != self.experiment or t.number in self._held:
+            if t.number in self._held:
+                continue
+            if "ray_experiment" not in t.user_attrs:
+                if self.single_driver or self.book.is_stale(t):
+                    self.book.fail_and_retry(t, UNLABELLED)
+                continue
+            if t.user_attrs["ray_experiment"] != self.experiment:
                 continue
             if t.number in known:
                 self.continued.setdefault(t.number, {})
