@@ -119,9 +119,13 @@ def test_module_function_model_with_npz_data_and_a_block_override(tmp_path):
 
 def test_ctrl_c_stops_cleanly_with_exit_130_and_says_how_to_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIGINT at its default in the child: a test run started in the background (`pytest … &` in a script) ignores
+    # SIGINT, its children inherit that, Python then installs no KeyboardInterrupt handler and the search just
+    # finished its 50 trials with exit 0 (seen in a backgrounded full run)
     proc = subprocess.Popen([sys.executable, "-m", "autosub", "search", *MICRO, "--trials", "50", "--prior", "none",
                              "--run-dir", "r", "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(2400):  # wait (at most ~10 min on a loaded machine) until one trial has finished
             if proc.poll() is not None or _finished_trials(tmp_path / "r") >= 1:
