@@ -251,13 +251,32 @@ def _reporter(trial: optuna.Trial, job: Job, book: StudyBook, *, prunable: bool,
     return report
 
 
+class _NoTrialFailedTraces(logging.Filter):
+    """Keeps Optuna's one-line "Trial N failed … because of TrialFailed(reason)" warning but drops its traceback:
+    a TrialFailed is autosub's own verdict (a budget "not run", an infeasible selection, a diverged run) whose
+    reason is the message and is recorded on the trial; the trace of where it was raised says nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if isinstance(exc, TrialFailed) and exc.__cause__ is None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+OPTIMIZE_LOGGER = "optuna.study._optimize"  # the logger Optuna's study.optimize reports failed trials on
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence Optuna's per-trial INFO lines: the progress bar and autosub's own log say the same."""
+    """Silence Optuna's per-trial INFO lines (the progress bar and autosub's own log say the same) and the
+    tracebacks of autosub's own TrialFailed verdicts."""
     old = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet = _NoTrialFailedTraces()
+    logging.getLogger(OPTIMIZE_LOGGER).addFilter(quiet)
     try:
         yield
     finally:
+        logging.getLogger(OPTIMIZE_LOGGER).removeFilter(quiet)
         optuna.logging.set_verbosity(old)
 
