@@ -92,6 +92,9 @@ def test_markdown_and_plots_are_written(cells, config, tmp_path):
         assert (tmp_path / name).stat().st_size > 5_000
     s = summarize(cells, config, meta)
     assert s["table"]["a@50"]["autosub"]["n"] == 3 and s["seeds"] == [0, 1, 2] and s["sizes"] == ["1000", "50"]
+    # a rerun that only rewrote the report still says how long its cells took
+    assert s["cells_wall_s"] == round(sum(c["wall_s"] for c in cells), 1) > 0
+    assert f"cells' own wall times sum to {s['cells_wall_s']} s" in md
 
 
 def test_register_task_in_a_few_lines_and_bad_names_are_refused():

@@ -235,7 +235,12 @@ def summarize(cells: list[dict], config: BenchConfig, meta: dict[str, Any]) -> d
             "table": dict(table), "win_tie_loss": win_tie_loss(cells), "near_best": near_best_share(cells),
             "cv_effect": cv_effect(cells), "claims": claims(cells, config),
             "unavailable": meta.get("unavailable", {}), "machine": meta.get("machine"),
-            "command": meta.get("command"), "wall_s": meta.get("wall_s"), "loadavg_start": meta.get("loadavg_start"),
+            "command": meta.get("command"), "wall_s": meta.get("wall_s"),
+            # independent of how many invocations (resumes) built the cells: a rerun that only rewrites the report
+            # has a wall of ~0 s
+            "cells_wall_s": round(sum(float(c.get("wall_s") or 0.0) for c in cells), 1),
+            "cells_run": meta.get("cells_run"), "cells_reused": meta.get("cells_reused"),
+            "loadavg_start": meta.get("loadavg_start"),
             "loadavg_end": meta.get("loadavg_end"), "budget": config.budget, "tolerance": config.tolerance,
             "autosub_version": meta.get("autosub_version")}
 
@@ -260,7 +265,8 @@ def markdown(summary: dict[str, Any], config: BenchConfig) -> str:
     lines = [f"# autosub benchmark `{config.name}`", "",
              f"Command: `{summary['command']}`  ", f"Machine: {_machine_line(summary['machine'])}  ",
              f"Load average at start / end: {summary['loadavg_start']} / {summary['loadavg_end']}; wall "
-             f"{summary['wall_s']} s  ",
+             f"{summary['wall_s']} s for this invocation ({summary['cells_run']} cells run, "
+             f"{summary['cells_reused']} reused); the cells' own wall times sum to {summary['cells_wall_s']} s  ",
              f"Budget: {config.budget:g} full-finetune-epoch equivalents per strategy and cell (over "
              f"+{100 * config.tolerance:.0f}% is flagged); {config.epochs} epochs per fit"
              + (f" (raised to reach {config.min_steps} steps per fit on small sets, the budget scaled alike)"
