@@ -117,7 +117,7 @@ CONFIGS: dict[str, BenchConfig] = {
                        sizes=(50, 200), seeds=(0, 1, 2), budget=30.0, epochs=2, image_size=32, max_blocks=3,
                        full_lrs=(3e-4, 1e-3, 3e-3)),
     # every image pair of the offline material in one run (3 backbones x 3 datasets), at the smallest size:
-    # breadth over tasks rather than sizes (~35 min on 2 cores)
+    # breadth over tasks rather than sizes (53 min on 2 cores, of which 28 min in the cells themselves)
     "cpu-breadth": BenchConfig("cpu-breadth", tasks=REAL_TASKS[:9],
                                strategies=("linear-probe", "full-ft", "greedy", "tpe", "autosub"), sizes=(50,),
                                seeds=(0, 1, 2), budget=30.0, epochs=2, image_size=32, max_blocks=3,
