@@ -49,6 +49,7 @@ if "ray" not in sys.modules:  # Ray reads its auth mode when it is imported: kee
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 from tqdm.auto import tqdm
 
 from ...errors import ConfigError, SearchAborted
@@ -139,7 +140,7 @@ class RayEngine(Engine):
                                                                    reduction_factor=3)
                                      if asha else tune.schedulers.FIFOScheduler())
                         _fit(tune.Tuner(trainable, run_config=tune.RunConfig(
-                            name=exp, storage_path=str(root), verbose=0,
+                            name=exp, storage_path=str(root), verbose=0, callbacks=trial_loggers(),
                             failure_config=tune.FailureConfig(max_failures=self.max_failures),
                             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),  # 1: a snapshot per epoch
                             tune_config=tune_config(searcher=searcher, scheduler=scheduler, trials=budget.trials,
@@ -251,7 +252,16 @@ def capacity(resources: Mapping[str, float]) -> int:
 
 
 TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "2", "RAY_AIR_NEW_OUTPUT": "0",
-            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+def trial_loggers() -> list[Any]:
+    """Tune's per-result loggers: only ``result.json`` (what Tune's ``ResultGrid`` reads back). The CSV and
+    TensorBoard loggers Tune adds by default duplicate what the study already records per epoch and cost time per
+    result (``benchmarks/bench_overhead.py``); ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` in the environment brings
+    them back."""
+    return [JsonLoggerCallback()]
 
 
 def _fit(tuner: Any) -> None:
