@@ -19,7 +19,7 @@ def _size(text: str) -> int | None:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options shared by ``autosub bench`` and ``benchmarks/run.py``."""
-    p.add_argument("--config", default=None, help="a named configuration: micro, quick, cpu, cpu-breadth, cpu-text, search, gpu "
+    p.add_argument("--config", default=None, help="a named configuration: micro, quick, cpu, cpu-breadth, cpu-text, cpu-all, search, gpu "
                                                   "(default: quick)")
     p.add_argument("--quick", action="store_true", help="the same as --config quick (<= 5 min on an idle CPU)")
     p.add_argument("--tasks", nargs="+", default=None, help="override the tasks (registered names)")
