@@ -7,16 +7,18 @@ own, with its direction (higher or lower = better) chosen on the same training p
 each peer. Per held-out entry: Spearman with the measured block scores; top-1 hit = the predicted best block is a
 measured best block; top-3 hit = the predicted best block is among the measured top 3. Means over entries.
 
-The goal is checked on ``mean_spearman`` (every entry, against its seed-0 profile). Beside it, ``seed_mean_target``
-scores the same held-out predictions, on the entries that have a second seed (``benchmarks/results/corpus_seed1/``),
-against seed 0, seed 1 and the seed mean (the less noisy target), and ``noise_ceiling`` gives the seeds' agreement r,
-≈ √r (the best expected against one seed) and ≈ √(2r / (1 + r)) (Spearman–Brown: against the mean of two).
+The target is each entry's measured profile over all its seeds (``CorpusEntry.scores``: the mean of the shipped
+seed-0 profile and the repeats merged into it, ``build_corpus.py --merge-repeats``): one seed's profile agrees with
+another's at a Spearman of only ~0.6, so a single seed is mostly noise to predict. The goal is checked on
+``mean_spearman`` against that mean; ``mean_spearman_seed0`` scores the same predictions against seed 0 alone (the
+metric before the repeats existed), and ``noise_ceiling`` gives the seeds' agreement r, ≈ √r (the best expected
+against one seed) and ≈ √(k·r / (1 + (k − 1)·r)) (Spearman–Brown: against the mean of k seeds).
 
 Also: leave-one-*model*-out (a new architecture), the predictor's variants (``ridge``, ``pairwise``, ``rank``
-target, all features, trained on the seed-mean profile), ``architecture_profile`` (no statistics: the mean profile
+target, all features, trained on the seed-0 profiles only), ``architecture_profile`` (no statistics: the mean profile
 of the same model's training tasks), a drop-one ablation over the statistics (which ones help), with ``--nested``
 the predictor whose features that ablation's rule chooses inside each training fold (the honest estimate of the
-procedure behind ``DEFAULT_FEATURES``, ~10 min here), the time to fit the predictor from the JSON, and
+procedure that once chose 8 features, ~10 min here), the time to fit the predictor from the JSON, and
 ``stats_time_share`` = the wall time of the statistics over the wall time of the entry's profile (CPU-time share
 too: less sensitive to other processes).
 
@@ -37,17 +39,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
 from autosub.selection.predictor import (BLOCK_FEATURES, LayerPredictor, directions, load_corpus,  # noqa: E402
-                                         load_seed_profiles, normalize_scores, seed_mean_scores)
+                                         normalize_scores)
 from autosub.selection.profiling import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = ("rgn", "fisher", "snip", "synflow", "cka", "logme", "hscore", "lp", "spectrum", "depth", "params", "flops",
           "reshapes")
-VARIANTS = {"predictor": {}, "predictor_all_features": {"features": BLOCK_FEATURES},
+VARIANTS = {"predictor": {}, "predictor_no_architecture": {"architecture_weight": 0.0},
+            "predictor_all_features": {"features": BLOCK_FEATURES},
             "predictor_ridge": {"estimator": "ridge"},
             "predictor_pairwise": {"estimator": "pairwise"}, "predictor_rank_target": {"target": "rank"}}
-#: Trained on the seed-mean profile where a second seed exists (benchmarks/results/corpus_seed1/): less noisy labels.
-SEED_MEAN_VARIANTS = {"predictor_train_seed_mean": {}}
+#: Trained on the seed-0 profiles only (the noisier labels the predictor had before the repeats were merged).
+SEED0_VARIANTS = {"predictor_train_seed0": {}}
+REPEATS = [ROOT / "benchmarks" / "results" / f"corpus_seed{s}" for s in (1, 2)]
 
 
 def architecture_profile(train, train_scores, held) -> np.ndarray:
@@ -70,7 +74,7 @@ def hits(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def select_features(train, scores, *, folds: int = 4, tolerance: float = 0.005) -> tuple[str, ...]:
-    """The drop-one rule behind DEFAULT_FEATURES, run on the training groups only (for nested CV).
+    """The drop-one rule that once chose 8 default features, run on the training groups only (for nested CV).
 
     Inner cross-validation: ``folds`` folds of whole (model, dataset) groups (round-robin over the sorted groups;
     fewer than leave-one-group-out, to keep the nested run to minutes on 2 cores). Starting from all block features,
@@ -97,23 +101,19 @@ def _metrics(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     return (float(0.0 if np.isnan(rho) else rho), *hits(pred, truth))
 
 
-def evaluate(entries, methods: dict, *, by=lambda e: e.group, repeats: dict | None = None) -> dict:
+def evaluate(entries, methods: dict, *, by=lambda e: e.group) -> dict:
     """Leave-one-group-out (default group: (model, dataset)): per method and held-out entry, Spearman and hits.
 
-    A method is ``("stat", name)``, ``("model", params)`` (a LayerPredictor trained on the seed-0 profiles),
-    ``("model", params, "seed_mean")`` (trained on the seed-mean profile where ``repeats`` has a second seed),
-    ``("arch",)`` (:func:`architecture_profile`) or ``("nested",)`` (the default predictor with its features chosen
-    by :func:`select_features` on the training groups of each fold; the choice per fold is in ``chosen``). Every method is scored against the held-out entry's seed-0 profile
-    (``rows``: the goal's metric); where ``repeats`` has a second seed of the held-out entry, also against that seed
-    and the seed mean (``rows_repeat``).
+    A method is ``("stat", name)``, ``("model", params)`` (a LayerPredictor trained on the seed-mean profiles),
+    ``("model", params, "seed0")`` (trained on the seed-0 profiles only), ``("arch",)`` (:func:`architecture_profile`)
+    or ``("nested",)`` (the default predictor with its features chosen by :func:`select_features` on the training
+    groups of each fold; the choice per fold is in ``chosen``). Every method is scored against the held-out entry's
+    seed-mean profile (``spearman``, ``top1``, ``top3``: the goal's metric) and its seed-0 profile (``*_seed0``).
     """
-    repeats = repeats or {}
     groups = sorted({by(e) for e in entries})
     rows = {m: [] for m in methods}
-    rows_repeat = {m: [] for m in methods}
     signs = {s: [] for s in SINGLE}
     chosen = {}
-    seed_mean = dict(zip([e.id for e in entries], seed_mean_scores(entries, repeats)))
     for g in groups:
         train = [e for e in entries if by(e) != g]
         held = [e for e in entries if by(e) == g]
@@ -124,7 +124,7 @@ def evaluate(entries, methods: dict, *, by=lambda e: e.group, repeats: dict | No
                 signs[stat].append(sign)
                 preds = [sign * np.asarray(e.stats.values[stat], dtype=float) for e in held]
             else:
-                scores = [seed_mean[e.id] if spec[-1] == "seed_mean" else e.scores for e in train]
+                scores = [e.seed_scores[0] if spec[-1] == "seed0" else e.scores for e in train]
                 if spec[0] == "arch":
                     preds = [architecture_profile(train, scores, e) for e in held]
                 elif spec[0] == "nested":
@@ -137,20 +137,12 @@ def evaluate(entries, methods: dict, *, by=lambda e: e.group, repeats: dict | No
                     preds = [model.predict(e.stats) for e in held]
             for e, p in zip(held, preds):
                 rho, t1, t3 = _metrics(p, e.scores)
-                rows[name].append({"id": e.id, "spearman": rho, "top1": t1, "top3": t3})
-                if e.id in repeats:
-                    row = {"id": e.id, "spearman_seed0": rho}
-                    row["spearman_seed1"], _, _ = _metrics(p, repeats[e.id])
-                    row["spearman_seed_mean"], row["top1_seed_mean"], row["top3_seed_mean"] = _metrics(
-                        p, seed_mean[e.id])
-                    rows_repeat[name].append(row)
-    summary = {m: {k: float(np.mean([r[k] for r in rs])) for k in ("spearman", "top1", "top3")}
-               for m, rs in rows.items()}
-    summary_repeat = {m: {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k != "id"}
-                      for m, rs in rows_repeat.items() if rs}
-    return {"summary": summary, "rows": rows, "summary_repeat": summary_repeat, "rows_repeat": rows_repeat,
-            "signs": {s: float(np.mean(v)) for s, v in signs.items() if v}, "chosen": chosen,
-            "groups": [list(g) if isinstance(g, tuple) else g for g in groups]}
+                rho0, t10, t30 = _metrics(p, e.seed_scores[0])
+                rows[name].append({"id": e.id, "spearman": rho, "top1": t1, "top3": t3, "spearman_seed0": rho0,
+                                   "top1_seed0": t10, "top3_seed0": t30})
+    summary = {m: {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if k != "id"} for m, rs in rows.items()}
+    return {"summary": summary, "rows": rows, "signs": {s: float(np.mean(v)) for s, v in signs.items() if v},
+            "chosen": chosen, "groups": [list(g) if isinstance(g, tuple) else g for g in groups]}
 
 
 def back_to_back(folder: Path) -> list[float]:
@@ -169,20 +161,27 @@ def back_to_back(folder: Path) -> list[float]:
     return out
 
 
-def ceiling(entries, repeats: dict) -> dict:
-    """Spearman between the shipped (seed 0) profile and a second-seed profile of the same entry: the noise ceiling.
+def ceiling(entries) -> dict:
+    """How well the entries' profiled seeds agree with each other: the noise ceiling of any predictor.
 
-    Two measurements agreeing at r (split-half reliability) → the truth agrees with one of them at about √r, and
-    with their mean at about √(2r / (1 + r)) (Spearman–Brown for two seeds): no predictor can expect more.
+    r = the mean Spearman over every pair of seeds of an entry (split-half reliability), averaged over the entries
+    with ≥ 2 seeds. The truth agrees with one seed at about √r, and with the mean of an entry's k seeds at about
+    √(k·r / (1 + (k − 1)·r)) (Spearman–Brown): no predictor can expect more.
     """
-    by_id = {e.id: e for e in entries}
-    out = {i: float(spearmanr(r, by_id[i].scores).statistic) for i, r in sorted(repeats.items())}
-    if not out:
+    from itertools import combinations
+
+    per_entry = {e.id: float(np.mean([spearmanr(a, b).statistic for a, b in combinations(e.seed_scores, 2)]))
+                 for e in entries if len(e.seed_scores) >= 2}
+    if not per_entry:
         return {}
-    r = float(np.mean(list(out.values())))
-    brown = 2 * r / (1 + r) if r > -1 else float("nan")
-    return {"per_entry": out, "mean_seed_to_seed": r, "expected_max_vs_one_seed": float(np.sqrt(max(r, 0.0))),
-            "spearman_brown_two_seeds": brown, "expected_max_vs_seed_mean": float(np.sqrt(max(brown, 0.0)))}
+    r = float(np.mean(list(per_entry.values())))
+    seeds = {e.id: len(e.seed_scores) for e in entries}
+    brown = {i: seeds[i] * r / (1 + (seeds[i] - 1) * r) for i in per_entry} if r > -1 else {}
+    return {"per_entry": per_entry, "seeds_per_entry": seeds, "mean_seed_to_seed": r,
+            "expected_max_vs_one_seed": float(np.sqrt(max(r, 0.0))),
+            "spearman_brown_seed_mean": float(np.mean(list(brown.values()))) if brown else float("nan"),
+            "expected_max_vs_seed_mean": float(np.mean([np.sqrt(max(b, 0.0)) for b in brown.values()]))
+            if brown else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nested", action="store_true",
                     help="also the predictor with its features chosen inside each training fold (~10 min on 2 cores)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predictor.json")
-    ap.add_argument("--seed1", type=Path, default=ROOT / "benchmarks" / "results" / "corpus_seed1",
-                    help="second-seed profiles (build_corpus.py --profile-seed 1) for the noise ceiling")
+    ap.add_argument("--repeats", type=Path, nargs="*", default=REPEATS, metavar="FOLDER",
+                    help="the repeat-seed runs (build_corpus.py --profile-seed N --out FOLDER), whose statistics and "
+                         "profile ran back to back: the time share")
     args = ap.parse_args(argv)
     command = "PYTHONPATH=. python benchmarks/bench_predictor.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
@@ -203,20 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     LayerPredictor.from_corpus(entries)
     fit_s = time.perf_counter() - t0
 
-    repeats = load_seed_profiles(args.seed1, entries) if args.seed1.is_dir() else {}
     methods = {name: ("model", params) for name, params in VARIANTS.items()}
-    if repeats:
-        methods.update({name: ("model", params, "seed_mean") for name, params in SEED_MEAN_VARIANTS.items()})
+    methods.update({name: ("model", params, "seed0") for name, params in SEED0_VARIANTS.items()})
     methods["architecture_profile"] = ("arch",)
     methods.update({s: ("stat", s) for s in SINGLE})
     unseen = evaluate(entries, methods, by=lambda e: e.model)["summary"]  # a new architecture: harder
     if args.nested:
         methods["predictor_nested_features"] = ("nested",)
-    result = evaluate(entries, methods, repeats=repeats)
+    result = evaluate(entries, methods)
     summary = result["summary"]
-    noise = ceiling(entries, repeats)
+    noise = ceiling(entries)
 
-    ablation = {}  # drop one feature from *all* of them: the evidence behind DEFAULT_FEATURES
+    ablation = {}  # drop one feature from *all* of them: which ones help
     if not args.no_ablation:
         for stat in BLOCK_FEATURES:
             feats = tuple(f for f in BLOCK_FEATURES if f != stat)
@@ -227,33 +225,29 @@ def main(argv: list[str] | None = None) -> int:
 
     share = [e.stats_wall / e.profile_wall for e in entries if e.profile_wall > 0]
     cpu_share = [e.stats_cpu / e.profile_cpu for e in entries if e.profile_cpu > 0]
-    paired = back_to_back(args.seed1) if args.seed1.is_dir() else []
+    folders = [f for f in args.repeats if f.is_dir()]
+    paired = [x for f in folders for x in back_to_back(f)]
     singles = {m: v for m, v in summary.items() if m in SINGLE}
     best_single = max(singles, key=lambda m: singles[m]["spearman"])
+    metric = lambda key: {m: v[key] for m, v in summary.items()}  # noqa: E731
     out = {
         "command": command, "machine": describe_machine(), "n_entries": len(entries), "groups": result["groups"],
         "entries": [e.id for e in entries],
-        "mean_spearman": {m: v["spearman"] for m, v in summary.items()},
-        "top1": {m: v["top1"] for m, v in summary.items()},
-        "top3": {m: v["top3"] for m, v in summary.items()},
+        "target": "each held-out entry's profile averaged over its seeds (seeds_per_entry in noise_ceiling); "
+                  "*_seed0: the same predictions against the seed-0 profile alone",
+        "mean_spearman": metric("spearman"), "top1": metric("top1"), "top3": metric("top3"),
+        "mean_spearman_seed0": metric("spearman_seed0"), "top1_seed0": metric("top1_seed0"),
+        "top3_seed0": metric("top3_seed0"),
         "stats_time_share": float(np.mean(paired)) if paired else float(np.mean(share)),
         "stats_time_share_max": float(np.max(paired)) if paired else float(np.max(share)),
-        "stats_time_share_source": "back-to-back runs (corpus_seed1)" if paired else "corpus entries",
+        "stats_time_share_source": (f"back-to-back runs ({', '.join(f.name for f in folders)}; {len(paired)} entries)"
+                                    if paired else "corpus entries"),
         "stats_time_share_corpus_wall": float(np.mean(share)),
         "stats_cpu_share": float(np.mean(cpu_share)) if cpu_share else None,
         "leave_one_model_out": {"mean_spearman": {m: v["spearman"] for m, v in unseen.items()},
                                 "top1": {m: v["top1"] for m, v in unseen.items()},
                                 "top3": {m: v["top3"] for m, v in unseen.items()}},
         "noise_ceiling": noise,
-        "seed_mean_target": {
-            "note": "the goal is checked on mean_spearman (every entry, against its seed-0 profile); here the same "
-                    "leave-one-(model, dataset)-out predictions are scored on the entries that have a second seed, "
-                    "against seed 0, seed 1 and the seed mean (the less noisy target)",
-            "entries": sorted(repeats),
-            **{k: {m: v[k] for m, v in result["summary_repeat"].items()}
-               for k in ("spearman_seed0", "spearman_seed1", "spearman_seed_mean", "top1_seed_mean",
-                         "top3_seed_mean")},
-            "per_entry": result["rows_repeat"]} if repeats else {},
         "nested_features_per_fold": result["chosen"],
         "stat_direction": result["signs"], "best_single_statistic": best_single,
         "predictor_beats_every_single": bool(summary["predictor"]["spearman"] > singles[best_single]["spearman"]),
@@ -263,20 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out, args.out)
     print(f"{len(entries)} entries, {len(result['groups'])} (model, dataset) groups; predictor fit {fit_s:.2f}s "
           f"(corpus load {load_s:.2f}s)")
-    rep = result["summary_repeat"]
-    print(f"{'method':<28}{'spearman':>9}{'top1':>6}{'top3':>6}  model-out: sp top1 | {len(repeats)} two-seed "
-          f"entries: sp seed0 seed1 mean")
+    print(f"{'method':<28}{'spearman':>9}{'top1':>6}{'top3':>6}{'seed0 sp':>9}  model-out: sp top1")
     for m, v in sorted(summary.items(), key=lambda kv: -kv[1]["spearman"]):
         u = unseen.get(m, {"spearman": float("nan"), "top1": float("nan")})
-        r = rep.get(m, {})
-        print(f"{m:<28}{v['spearman']:>9.3f}{v['top1']:>6.2f}{v['top3']:>6.2f}  {u['spearman']:>12.3f}"
-              f"{u['top1']:>5.2f} | {r.get('spearman_seed0', float('nan')):>27.3f}"
-              f"{r.get('spearman_seed1', float('nan')):>6.3f}{r.get('spearman_seed_mean', float('nan')):>6.3f}")
+        print(f"{m:<28}{v['spearman']:>9.3f}{v['top1']:>6.2f}{v['top3']:>6.2f}{v['spearman_seed0']:>9.3f}"
+              f"  {u['spearman']:>12.3f}{u['top1']:>5.2f}")
     if noise:
-        print(f"noise ceiling: seed-0 vs seed-1 profiles agree at Spearman {noise['mean_seed_to_seed']:.3f} on "
+        print(f"noise ceiling: an entry's seeds agree at Spearman {noise['mean_seed_to_seed']:.3f} on "
               f"{len(noise['per_entry'])} entries → at most ≈ {noise['expected_max_vs_one_seed']:.3f} against one seed, "
               f"≈ {noise['expected_max_vs_seed_mean']:.3f} against the seed mean (Spearman–Brown "
-              f"{noise['spearman_brown_two_seeds']:.3f})")
+              f"{noise['spearman_brown_seed_mean']:.3f})")
     if ablation:
         base = summary["predictor_all_features"]["spearman"]
         print(f"drop-one ablation from all features (base {base:.3f}; below base = the feature helps):")

@@ -14,7 +14,7 @@ from autosub.errors import ConfigError, DataError
 from autosub.selection.predictor import (BLOCK_FEATURES, DEFAULT_FEATURES, TASK_FEATURES, BlockPrediction,
                                          LayerPredictor,
                                          PredictorNotFittedError, feature_matrix, load_corpus, load_seed_profiles,
-                                         normalize_scores, predict_blocks, seed_mean_scores)
+                                         normalize_scores, predict_blocks)
 from autosub.selection.stats import STATS, BlockStats
 
 
@@ -43,7 +43,7 @@ def test_estimator_contract():
     params = p.get_params()
     assert params["estimator"] == "ridge" and params["alpha"] == 2.0 and params["target"] == "zscore"
     assert set(params) == {"estimator", "target", "features", "task_features", "n_estimators", "max_depth",
-                           "learning_rate", "subsample", "alpha", "random_state"}
+                           "learning_rate", "subsample", "alpha", "architecture_weight", "random_state"}
     assert p.set_params(alpha=3.0) is p and p.alpha == 3.0
     twin = clone(p)
     assert twin is not p and twin.get_params() == p.get_params()
@@ -65,8 +65,31 @@ def test_fit_returns_self_and_sets_fitted_attributes(fake_corpus):
     assert p.predict(tasks[0]).shape == (len(tasks[0]),)
 
 
+def test_a_known_architecture_blends_in_its_measured_profile(fake_corpus):
+    tasks, targets = map(list, zip(*fake_corpus))
+    base = tasks[0]
+    shape = np.linspace(1.0, -1.0, len(base))  # what this architecture measured: the earlier the block, the better
+
+    def on_base(seed):  # another task on base's architecture (same blocks' parameter counts), other statistics
+        rng = np.random.default_rng(100 + seed)
+        values = {**{k: list(rng.normal(size=len(base))) for k in STATS}, "params": base.values["params"],
+                  "depth": base.values["depth"], "lp": list(rng.uniform(0.2, 0.9, len(base)))}
+        return BlockStats(list(base.block_names), values, task=base.task)
+
+    train = [on_base(s) for s in range(3)]
+    tasks[0:1], targets[0:1] = train, [shape + 0.01 * i for i in range(3)]
+    new = on_base(9)
+    only_stats = LayerPredictor(architecture_weight=0.0).fit(tasks, targets)
+    blended = LayerPredictor(architecture_weight=1.0).fit(tasks, targets)
+    assert spearmanr(blended.predict(new), shape).statistic == pytest.approx(1.0)  # the architecture's profile
+    assert spearmanr(only_stats.predict(new), shape).statistic < 0.9
+    stranger = fake_task(len(base), 77)[0]  # an architecture never seen: the statistics model alone
+    assert np.allclose(blended.predict(stranger), only_stats.predict(stranger))
+
+
 @pytest.mark.parametrize("bad, match", [({"estimator": "svm"}, "'estimator'"), ({"target": "raw"}, "'target'"),
                                         ({"n_estimators": 0}, "'n_estimators'"), ({"subsample": 1.5}, "'subsample'"),
+                                        ({"architecture_weight": 1.5}, "'architecture_weight'"),
                                         ({"features": (), "task_features": ()}, "at least one feature")])
 def test_bad_parameters_fail_at_fit(fake_corpus, bad, match):
     tasks, targets = zip(*fake_corpus)
@@ -165,88 +188,102 @@ def _profile_json(tmp, name, scores, *, entry_id="m__d__v", seed=None, stats=Non
     (tmp / name).write_text(json.dumps(d))
 
 
-def test_seed_profiles_align_by_block_and_average_with_the_corpus(tmp_path):
+def test_seed_profiles_align_by_block_and_merge_into_the_corpus_mean(tmp_path):
     corpus, repeats = tmp_path / "corpus", tmp_path / "seed1"
     corpus.mkdir(), repeats.mkdir()
     stats, scores = fake_task(6, 0)
-    _profile_json(corpus, "a.json", scores, stats=stats)
-    _profile_json(corpus, "b.json", scores[::-1], entry_id="m__e__v", stats=stats)  # no usable repeat below
+    _profile_json(corpus, "m__d__v.json", scores, stats=stats)
+    _profile_json(corpus, "m__e__v.json", scores[::-1], entry_id="m__e__v", stats=stats)  # no usable repeat below
     second = np.linspace(0.1, 0.6, 6)
-    _profile_json(repeats, "a.json", second, seed=1, order=[5, 3, 1, 0, 2, 4])  # stored out of block order
+    _profile_json(repeats, "m__d__v.json", second, seed=1, order=[5, 3, 1, 0, 2, 4])  # stored out of block order
     _profile_json(repeats, "short.json", second[:4], entry_id="m__e__v", seed=1)  # 4 of 6 blocks: skipped
     _profile_json(repeats, "same_seed.json", second, entry_id="m__e__v", seed=0)  # the corpus's own seed: skipped
     _profile_json(repeats, "stranger.json", second, entry_id="x__y__z", seed=1)  # not in the corpus: ignored
     entries = load_corpus(corpus)
     got = load_seed_profiles(repeats, entries)
     assert set(got) == {"m__d__v"} and np.allclose(got["m__d__v"], second)
-    mean_a, only_b = seed_mean_scores(entries, got)
-    assert np.allclose(mean_a, (scores + second) / 2)
-    assert np.allclose(only_b, scores[::-1])  # no repeat: the single seed
-    with pytest.raises(DataError, match="blocks"):
-        seed_mean_scores(entries, {"m__d__v": second[:3]})
     with pytest.raises(ConfigError, match="not a folder"):
         load_seed_profiles(tmp_path / "missing", entries)
 
+    build = _bench_module("build_corpus")
+    assert build.merge_repeats([repeats], corpus) == {"m__d__v": [0, 1]}
+    assert build.merge_repeats([repeats], corpus) == {"m__d__v": [0, 1]}  # merging again replaces, never doubles
+    a, b = load_corpus(corpus)
+    assert len(a.seed_scores) == 2 and np.allclose(a.seed_scores[0], scores) and np.allclose(a.seed_scores[1], second)
+    assert np.allclose(a.scores, (scores + second) / 2)  # the target: the mean over seeds
+    assert len(b.seed_scores) == 1 and np.allclose(b.scores, scores[::-1])  # no repeat: the single seed
 
-def test_shipped_second_seeds_are_other_measurements_of_corpus_entries():
-    from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "corpus_seed1"
-    if not folder.is_dir():
-        pytest.skip("no second-seed profiles in this checkout")
+def test_a_repeat_of_the_wrong_length_is_skipped(tmp_path):
+    stats, scores = fake_task(6, 0)
+    _profile_json(tmp_path, "m__d__v.json", scores, stats=stats)
+    d = json.loads((tmp_path / "m__d__v.json").read_text())
+    d["repeats"] = [{"profile_seed": 1, "scores": [0.5] * 4}, {"profile_seed": 2, "scores": list(scores + 1)}]
+    (tmp_path / "m__d__v.json").write_text(json.dumps(d))
+    [entry] = load_corpus(tmp_path)
+    assert len(entry.seed_scores) == 2 and np.allclose(entry.scores, scores + 0.5)
+
+
+def test_shipped_corpus_entries_hold_several_seeds_that_differ():
     entries = load_corpus()
-    got = load_seed_profiles(folder, entries)
-    assert got, "corpus_seed1 holds no usable second seed"
-    by_id = {e.id: e for e in entries}
-    for i, scores in got.items():
-        assert scores.shape == by_id[i].scores.shape and not np.allclose(scores, by_id[i].scores)
+    for e in entries:
+        assert len(e.seed_scores) >= 2, f"{e.id}: one profiled seed; merge the repeats (build_corpus.py)"
+        assert all(s.shape == e.scores.shape for s in e.seed_scores)
+        assert not np.allclose(e.seed_scores[0], e.seed_scores[1])
+        assert np.allclose(e.scores, np.mean(e.seed_scores, axis=0))
 
 
-def _bench_predictor():
+def _bench_module(name: str = "bench_predictor"):
     import importlib.util
     import sys
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("bench_predictor", bench / "bench_predictor.py")
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _with_seeds(entry, *seeds):
+    import dataclasses
+
+    seeds = tuple(np.asarray(s, dtype=float) for s in seeds)
+    return dataclasses.replace(entry, seed_scores=seeds, scores=np.mean(seeds, axis=0))
+
+
 def test_noise_ceiling_and_spearman_brown():
-    bench = _bench_predictor()
-    entries = load_corpus()[:2]
-    a, b = entries
-    same = bench.ceiling(entries, {a.id: a.scores.copy()})
+    bench = _bench_module()
+    a, b = load_corpus()[:2]
+    s0a, s0b = a.seed_scores[0], b.seed_scores[0]
+    same = bench.ceiling([_with_seeds(a, s0a, s0a), _with_seeds(b, s0b)])
     assert same["mean_seed_to_seed"] == pytest.approx(1.0) and same["expected_max_vs_seed_mean"] == pytest.approx(1.0)
+    assert list(same["per_entry"]) == [a.id]  # one seed: no agreement to measure
     rng = np.random.default_rng(0)
-    noisy = bench.ceiling(entries, {a.id: a.scores + rng.normal(0, 0.05, len(a.scores)),
-                                    b.id: b.scores + rng.normal(0, 0.05, len(b.scores))})
+    noisy = bench.ceiling([_with_seeds(a, s0a, s0a + rng.normal(0, 0.05, len(s0a)), s0a + rng.normal(0, 0.05, len(s0a))),
+                           _with_seeds(b, s0b, s0b + rng.normal(0, 0.05, len(s0b)), s0b + rng.normal(0, 0.05, len(s0b)))])
     r = noisy["mean_seed_to_seed"]
-    assert 0 < r < 1 and noisy["spearman_brown_two_seeds"] == pytest.approx(2 * r / (1 + r))
+    assert 0 < r < 1 and noisy["spearman_brown_seed_mean"] == pytest.approx(3 * r / (1 + 2 * r))
     assert noisy["expected_max_vs_one_seed"] < noisy["expected_max_vs_seed_mean"] < 1  # averaging seeds helps
-    assert bench.ceiling(entries, {}) == {}
+    assert bench.ceiling([_with_seeds(a, s0a)]) == {}
 
 
-def test_evaluate_scores_each_target_on_the_entries_that_have_it():
-    bench = _bench_predictor()
+def test_evaluate_scores_the_seed_mean_and_seed_zero():
+    bench = _bench_module()
     entries = load_corpus()
-    twin = entries[0]  # a "second seed" identical to the first: all three targets must agree
-    flipped = entries[1]  # a second seed that reverses the profile: the seed mean is flat, seed 1 is −seed 0
-    repeats = {twin.id: twin.scores.copy(), flipped.id: 2 * flipped.scores.mean() - flipped.scores}
-    out = bench.evaluate(entries, {"arch": ("arch",), "depth": ("stat", "depth")}, repeats=repeats)
+    twin = _with_seeds(entries[0], entries[0].seed_scores[0], entries[0].seed_scores[0])  # both targets agree
+    s = entries[1].seed_scores[0]
+    flipped = _with_seeds(entries[1], s, 2 * s.mean() - s)  # a second seed reversing the first: a flat mean
+    entries = [twin, flipped, *entries[2:]]
+    out = bench.evaluate(entries, {"arch": ("arch",), "depth": ("stat", "depth")})
     for m in ("arch", "depth"):
-        assert len(out["rows"][m]) == len(entries)
-        rows = {r["id"]: r for r in out["rows_repeat"][m]}
-        assert set(rows) == set(repeats)
-        t = rows[twin.id]
-        assert t["spearman_seed0"] == pytest.approx(t["spearman_seed1"]) == pytest.approx(t["spearman_seed_mean"])
-        f = rows[flipped.id]
-        assert f["spearman_seed1"] == pytest.approx(-f["spearman_seed0"]) and f["spearman_seed_mean"] == 0.0
-    assert out["summary_repeat"]["arch"]["spearman_seed0"] == pytest.approx(
-        np.mean([r["spearman_seed0"] for r in out["rows_repeat"]["arch"]]))
+        rows = {r["id"]: r for r in out["rows"][m]}
+        assert len(rows) == len(entries)
+        assert rows[twin.id]["spearman"] == pytest.approx(rows[twin.id]["spearman_seed0"])
+        assert rows[flipped.id]["spearman"] == 0.0 and rows[flipped.id]["spearman_seed0"] != 0.0
+    assert out["summary"]["arch"]["spearman_seed0"] == pytest.approx(
+        np.mean([r["spearman_seed0"] for r in out["rows"]["arch"]]))
 
 
 # ------------------------------------------------------------------------------------------ predict_blocks

@@ -9,7 +9,8 @@ Features are normalized *within a task* (each statistic's rank among the model's
 transfers across architectures of different depth; a few task-level features (training-set size, classes, how
 linearly decodable the last block's output already is, text or image) let the tree model learn interactions such as
 "far from the pretraining domain → earlier blocks". The target is the per-task z-score of the block's measured
-validation accuracy. It is fitted from the JSON when first needed — there is no pickled model.
+validation accuracy, averaged over the seeds each task was profiled with (three in the shipped corpus: one seed's
+ranking agrees with another's at a Spearman of only ~0.56). It is fitted from the JSON when first needed — there is no pickled model.
 """
 from __future__ import annotations
 
@@ -33,18 +34,19 @@ from .stats import STATS, BlockStats, block_stats
 
 __all__ = ["BLOCK_FEATURES", "DEFAULT_FEATURES", "TASK_FEATURES", "ZERO_COST_PRIORS", "BlockPrediction",
            "corpus_directions", "CorpusEntry", "directions", "feature_matrix", "LayerPredictor", "load_corpus",
-           "load_seed_profiles", "normalize_scores", "seed_mean_scores", "predict_blocks", "PredictorNotFittedError", "statistic_scores", "zero_cost_prior"]
+           "load_seed_profiles", "normalize_scores", "predict_blocks", "PredictorNotFittedError", "statistic_scores",
+           "zero_cost_prior"]
 
 log = logging.getLogger(__name__)
 
 #: Per-block features: each is ranked within the task. ``*_pp`` = per parameter, ``d_*`` = gain over the block before,
 #: ``since_reshape`` = blocks since the last block that changed the shape (the position inside a stage).
 BLOCK_FEATURES = (*STATS, "fisher_pp", "snip_pp", "synflow_pp", "d_lp", "d_logme", "d_hscore", "since_reshape")
-#: The predictor's default block features: what the drop-one ablation of ``benchmarks/bench_predictor.py`` kept on the
-#: shipped corpus (each one whose removal did not raise the leave-one-(model, dataset)-out Spearman by > 0.005, the
-#: ablation's noise): structure, the condition number, and the transferability of the block's output. The gradient
-#: statistics, CKA, synflow and the probe made it worse at this corpus size (24 tasks); they stay in BLOCK_FEATURES.
-DEFAULT_FEATURES = ("depth", "flops", "reshapes", "spectrum", "hscore", "logme", "d_hscore", "d_lp")
+#: The predictor's default block features: all of them. A drop-one ablation once kept 8 (depth, flops, reshapes,
+#: spectrum, hscore, logme, d_hscore, d_lp) against single-seed targets; against the 3-seed mean that choice scores
+#: 0.594 and all features 0.613 (no architecture blend; 0.636 vs 0.654 with it), and the same rule run inside each
+#: training fold (0.649) does no better than no selection at all, so there is none (benchmarks/bench_predictor.py).
+DEFAULT_FEATURES = BLOCK_FEATURES
 #: Task-level features (the same for every block of a task): they only act through interactions.
 TASK_FEATURES = ("log_train", "log_classes", "final_lp", "final_logme", "text", "n_blocks")
 ESTIMATORS = ("gbm", "ridge", "pairwise")
@@ -60,7 +62,12 @@ class PredictorNotFittedError(ConfigError, NotFittedError):
 # --------------------------------------------------------------------------------------------------- corpus
 @dataclass(frozen=True)
 class CorpusEntry:
-    """One measured task: the statistics of every block and its profiled score (1 seed, full fidelity)."""
+    """One measured task: the statistics of every block and its profiled score (full fidelity).
+
+    ``seed_scores`` holds each profiled seed's per-block scores, the entry's own seed (``profile_seed``) first, then
+    the repeats merged into its JSON (``benchmarks/build_corpus.py --merge-repeats``); ``scores`` is their mean — one
+    seed's profile agrees with another's at a Spearman of only ~0.6, so the mean is the less noisy target.
+    """
 
     id: str
     model: str
@@ -75,6 +82,7 @@ class CorpusEntry:
     profile_cpu: float = float("nan")
     stats_cpu: float = float("nan")
     profile_seed: int = 0
+    seed_scores: tuple[np.ndarray, ...] = ()
 
     @property
     def group(self) -> tuple[str, str]:
@@ -108,9 +116,16 @@ def load_corpus(path: str | Path | None = None) -> list[CorpusEntry]:
         if sorted(by_block) != list(range(len(stats))):
             log.warning("load_corpus: %s profiles blocks %s of %d; skipped", f.name, sorted(by_block), len(stats))
             continue
+        seeds = [np.array([by_block[i] for i in range(len(stats))])]
+        for rep in d.get("repeats", []):
+            if len(rep.get("scores", ())) != len(stats):
+                log.warning("load_corpus: %s has a repeat (seed %s) of %d blocks, not %d; that repeat is skipped",
+                            f.name, rep.get("profile_seed"), len(rep.get("scores", ())), len(stats))
+                continue
+            seeds.append(np.asarray(rep["scores"], dtype=float))
         out.append(CorpusEntry(id=d["id"], model=d["model"], dataset=d["dataset"], variant=d["variant"],
                                kind=d.get("kind", stats.task.get("kind", "image")), stats=stats,
-                               scores=np.array([by_block[i] for i in range(len(stats))]),
+                               scores=np.mean(seeds, axis=0), seed_scores=tuple(seeds),
                                baselines={k: float(v["mean"]) for k, v in d["profile"].get("baselines", {}).items()},
                                profile_wall=float(d.get("profile_wall", float("nan"))),
                                stats_wall=float(d.get("stats_wall", float("nan"))),
@@ -124,7 +139,8 @@ def load_corpus(path: str | Path | None = None) -> list[CorpusEntry]:
 
 
 def load_seed_profiles(folder: str | Path, entries: Sequence[CorpusEntry]) -> dict[str, np.ndarray]:
-    """Per-block scores of repeat profiles (another training seed) of corpus ``entries``, by entry id.
+    """Per-block scores of repeat profiles (another training seed) of corpus ``entries``, by entry id: what
+    ``benchmarks/build_corpus.py --merge-repeats`` folds into the shipped entries.
 
     ``folder`` holds JSON files written by ``benchmarks/build_corpus.py --profile-seed N --out folder``. A file is
     used when its id is one of ``entries``, its profile is at least as recent a seed as another (``profile_seed``
@@ -152,20 +168,6 @@ def load_seed_profiles(folder: str | Path, entries: Sequence[CorpusEntry]) -> di
                         sorted(by_block), len(entry.scores))
             continue
         out[entry.id] = np.array([by_block[i] for i in range(len(entry.scores))])
-    return out
-
-
-def seed_mean_scores(entries: Sequence[CorpusEntry], repeats: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Per entry, the mean over seeds of each block's profiled score: the shipped seed and any repeat of it.
-
-    An entry without a repeat keeps its single-seed scores. The mean of two seeds is a less noisy target than one.
-    """
-    out = []
-    for e in entries:
-        r = repeats.get(e.id)
-        if r is not None and len(r) != len(e.scores):
-            raise DataError(f"seed_mean_scores: the repeat of {e.id} has {len(r)} blocks, the entry {len(e.scores)}.")
-        out.append(e.scores if r is None else (e.scores + np.asarray(r, dtype=float)) / 2)
     return out
 
 
@@ -223,6 +225,11 @@ def feature_matrix(stats: BlockStats, features: Sequence[str] = BLOCK_FEATURES,
     return np.column_stack([*block, *task]) if (block or task) else np.zeros((len(stats), 0))
 
 
+def architecture_key(stats: BlockStats) -> tuple[int, ...]:
+    """The blocks' parameter counts: equal for two tasks on the same architecture (the head is not a block)."""
+    return tuple(int(round(float(p))) for p in stats.values["params"])
+
+
 def normalize_scores(scores: Sequence[float], how: str = "zscore") -> np.ndarray:
     """Per-task target: the z-score of the blocks' measured scores (or their rank percentile)."""
     s = np.asarray(scores, dtype=float)
@@ -240,12 +247,15 @@ class LayerPredictor(BaseEstimator):
     every block; ``predict(stats)`` returns one score per block of a new task (higher = better to tune; only the
     order is meaningful). ``estimator``: ``"gbm"`` (gradient boosting on the per-task targets), ``"ridge"`` or
     ``"pairwise"`` (logistic regression on within-task pairs, RankNet-style). ``target``: ``"zscore"`` or ``"rank"``.
+    ``architecture_weight``: for a model whose architecture (its blocks' parameter counts) is among the training
+    tasks, the prediction is the rank average of the statistics model (weight 1 − w) and that architecture's mean
+    measured profile (weight w); a new architecture gets the statistics model alone. 0 turns it off.
     """
 
     def __init__(self, *, estimator: str = "gbm", target: str = "zscore",
                  features: Sequence[str] = DEFAULT_FEATURES, task_features: Sequence[str] = TASK_FEATURES,
                  n_estimators: int = 150, max_depth: int = 2, learning_rate: float = 0.05, subsample: float = 0.8,
-                 alpha: float = 1.0, random_state: int = 0) -> None:
+                 alpha: float = 1.0, architecture_weight: float = 0.5, random_state: int = 0) -> None:
         self.estimator = estimator
         self.target = target
         self.features = features
@@ -255,6 +265,7 @@ class LayerPredictor(BaseEstimator):
         self.learning_rate = learning_rate
         self.subsample = subsample
         self.alpha = alpha
+        self.architecture_weight = architecture_weight
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -273,6 +284,10 @@ class LayerPredictor(BaseEstimator):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
                 raise ConfigError(f"The '{name}' parameter of LayerPredictor must be a number in ({lo}, {hi}]; "
                                   f"got {v!r} instead.")
+        w = self.architecture_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+            raise ConfigError(f"The 'architecture_weight' parameter of LayerPredictor must be a number in [0, 1]; "
+                              f"got {w!r} instead.")
         if not list(self.features) + list(self.task_features):
             raise ConfigError("LayerPredictor needs at least one feature; got features=() and task_features=().")
 
@@ -309,6 +324,10 @@ class LayerPredictor(BaseEstimator):
             dx, dy = _pairs(xs, ys)
             model = LogisticRegression(C=1.0 / self.alpha, fit_intercept=False, max_iter=1000).fit(dx, dy)
         self.model_ = model
+        profiles: dict[tuple[int, ...], list[np.ndarray]] = {}
+        for stats, y in zip(tasks, targets):
+            profiles.setdefault(architecture_key(stats), []).append(normalize_scores(y))
+        self.architectures_ = {k: np.mean(v, axis=0) for k, v in profiles.items()}
         self.feature_names_ = [*self.features, *self.task_features]
         self.n_features_in_ = x.shape[1]
         self.n_tasks_ = len(tasks)
@@ -323,9 +342,12 @@ class LayerPredictor(BaseEstimator):
             raise DataError(f"LayerPredictor.predict needs a BlockStats; got {type(stats).__name__}. Compute it with "
                             "autosub.selection.stats.block_stats(model, task).")
         x = feature_matrix(stats, self.features, self.task_features)
-        if self.estimator == "pairwise":
-            return x @ self.model_.coef_.ravel()
-        return self.model_.predict(x)
+        pred = x @ self.model_.coef_.ravel() if self.estimator == "pairwise" else self.model_.predict(x)
+        known = self.architectures_.get(architecture_key(stats))
+        if known is None or self.architecture_weight == 0:
+            return pred
+        w = float(self.architecture_weight)
+        return (1 - w) * _ranks(pred) + w * _ranks(known)
 
     def score(self, tasks: Sequence[BlockStats], targets: Sequence[Sequence[float]]) -> float:
         """Mean Spearman correlation between predicted and measured block scores over ``tasks``."""
