@@ -164,14 +164,9 @@ def test_bad_fuse_options_are_refused_before_any_work(model_task, tmp_path, fiel
     assert not (tmp_path / "r").exists()
 
 
-def test_fuse_true_is_refused_where_it_is_not_supported(model_task, tmp_path):
+def test_fuse_true_is_refused_under_cross_validation():
     with pytest.raises(ConfigError, match="cv_folds"):
         TrainingConfig(fuse=True, cv_folds=3)
-    model, task = model_task
-    pytest.importorskip("ray")
-    with pytest.raises(ConfigError, match="backend='ray'"):
-        search(model, task, 3, prior=None, backend="ray", training={"fuse": True}, run={"run_dir": tmp_path / "r"})
-    assert not (tmp_path / "r").exists()
 
 
 def test_fuse_auto_fuses_on_cuda_only():

@@ -544,7 +544,7 @@ def test_max_concurrent_trials_reaches_tune_and_an_optuna_pruner_gives_way_to_as
 
 
 # --------------------------------------------------------------------------- the searcher, without a cluster
-def _searcher(tmp_path, experiment="e"):
+def _searcher(tmp_path, experiment="e", *, trials=3, fuse_trials=0, slots=1):
     import optuna
 
     from autosub.hpo.budget import Budget, Meter
@@ -553,14 +553,16 @@ def _searcher(tmp_path, experiment="e"):
     from autosub.hpo.selectors import RandomSelector, SelectorContext
     from autosub.hpo.space import SearchSpace
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     bound = SearchSpace(max_blocks=2).bind([100] * 4)
     ctx = SelectorContext(space=bound, seed=0, epochs=2)
     job = Job(space=bound, selector=RandomSelector(), context=ctx, run_trial=lambda *a, **k: TrialOutcome([0.0], {}),
-              budget=Budget(trials=3), meter=Meter(1.0), objectives=("score",), progress=False)
+              budget=Budget(trials=trials), meter=Meter(1.0), objectives=("score",), progress=False)
     store = StudyStore(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", run_dir=tmp_path,
                        resume=(tmp_path / "s.db").exists(), directions=["maximize"])
     book = store.open(job, sampler=job.selector.sampler(ctx), pruner=optuna.pruners.NopPruner())
-    return SelectorSearcher(key=str(tmp_path), book=book, budget=job.budget, meter=job.meter, experiment=experiment)
+    return SelectorSearcher(key=str(tmp_path), book=book, budget=job.budget, meter=job.meter, experiment=experiment,
+                            fuse_trials=fuse_trials, slots=slots)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -574,7 +576,7 @@ def test_the_searcher_saves_json_and_after_a_restore_settles_the_trials_the_dead
     first.save(str(tmp_path / "searcher.json"))  # ... Tune snapshots the searcher ...
     first.suggest("tune-c")  # ... one more starts, then the driver dies with all three running
     state = json.loads((tmp_path / "searcher.json").read_text())  # JSON, never a pickle
-    assert state["numbers"] == {"tune-a": a["number"], "tune-b": b["number"]}
+    assert state["numbers"] == {"tune-a": [a["number"]], "tune-b": [b["number"]]}
 
     second = _searcher(tmp_path)
     second.restore(str(tmp_path / "searcher.json"))
@@ -640,3 +642,150 @@ def test_a_local_ray_started_by_autosub_binds_loopback_where_ray_allows_and_keep
     assert ("ray::RuntimeEnvAgent", "127.0.0.2") in socks or any(ip == "127.0.0.2" for _, ip in socks)
     on_all = {name for name, ip in socks if ip in ("0.0.0.0", "::")}
     assert on_all <= {"gcs_server", "raylet"} | {n for n in on_all if n.startswith("ray::")}, on_all
+
+
+# ------------------------------------------------------------------ fused groups: one Tune trial, K study trials
+def _group_payload(oracle, *, memory=None):
+    """What search() hands a fused Ray search's workers: run_trial (one trial alone) and its SearchGroups."""
+    from autosub.hpo.engines import TrialOutcome
+    from autosub.hpo.fusing import SearchGroups
+    from autosub.model.blocks import discover_blocks
+    from autosub.model.subtune import tuned_tensors
+    from autosub.training.fused import FusedGroup
+    from autosub.training.trainer import fit
+
+    model, task = oracle
+    part = discover_blocks(model)
+
+    def train(cand, report=None, **_):
+        return fit(model, task, cand.selection, lr=cand.lr, weight_decay=cand.weight_decay, epochs=2, batch_size=32,
+                   seed=0, cache=False, keep_model=True, callback=report)
+
+    def to_outcome(res):
+        return TrialOutcome([float(res.score)], {"curve": res.curve}, res.model)
+
+    groups = SearchGroups(lambda share: FusedGroup(model, task, batch_size=32, cache=False, memory=memory, seed=0,
+                                                   keep_models=True),
+                          to_outcome, epochs=2, seed=0, max_trials=4,
+                          tensors=lambda m, sel: tuned_tensors(m, sel, part))
+    return (lambda cand, report, **kw: to_outcome(train(cand, report))), groups, train, part
+
+
+def _run_group(monkeypatch, tmp_path, config, run_trial, groups):
+    """train_group in this process, with Tune's session calls replaced: returns its reports (checkpoints copied
+    under ``tmp_path/ray/e/trial_<first>_tune-g/``, where load_tuned looks)."""
+    import shutil
+
+    from autosub.hpo.engines import ray_fused
+
+    reports = []
+
+    def report(metrics, checkpoint=None):
+        if checkpoint is not None:
+            dest = tmp_path / "ray" / "e" / f"trial_{config['number']:05d}_tune-g" / f"checkpoint_{len(reports):06d}"
+            shutil.copytree(checkpoint.path, dest)
+        reports.append(dict(metrics))
+
+    monkeypatch.setattr(ray_fused.tune, "report", report)
+    monkeypatch.setattr(ray_fused.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray_fused, "fetch_payload", lambda payload: (run_trial, groups))
+    monkeypatch.setattr(ray_fused, "where_am_i", lambda number: {"number": number, "pid": 1})
+    ray_fused.train_group(config, payload=[None], epochs=2, resources={"cpu": 1})
+    return reports
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_tune_trial_trains_a_fused_group_and_each_member_is_told_as_its_unfused_trial(oracle, tmp_path, monkeypatch):
+    from autosub.hpo.engines.ray_search import load_tuned
+    from autosub.hpo.space import Candidate
+    from autosub.model.subtune import tuned_tensors
+
+    searcher = _searcher(tmp_path / "s", trials=3, fuse_trials=4, slots=1)
+    config = searcher.suggest("tune-g")
+    assert config["number"] == 0 and [m["number"] for m in config["members"]] == [0, 1, 2]  # the budget caps K
+    config["members"][1]["lr"] = 1e12  # this member diverges in epoch 1
+    run_trial, groups, train, part = _group_payload(oracle)
+    reports = _run_group(monkeypatch, tmp_path, config, run_trial, groups)
+    assert [r["final"] for r in reports] == [False, True] and reports[0]["epoch"] == 1
+    assert "TrainingDiverged" in json.loads(reports[0]["ended"])["1"]["fail_reason"]  # left the group after epoch 1
+    for r in reports[:-1]:
+        searcher.on_trial_result("tune-g", r)
+    searcher.on_trial_complete("tune-g", reports[-1])
+
+    records = searcher.book.records()
+    assert [r.state for r in records] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "TrainingDiverged" in records[1].user_attrs["fail_reason"]
+    for r in (records[0], records[2]):  # the values, curve and tensors of the same trial trained alone
+        cand = Candidate(tuple(r.selection), r.hparams["lr"], r.hparams["weight_decay"], {})
+        alone = train(cand)
+        assert r.values == pytest.approx([alone.score], abs=1e-9)
+        assert r.user_attrs["curve"] == pytest.approx(alone.curve, abs=1e-9) and r.intermediate == {1: alone.curve[0]}
+        assert r.user_attrs["fused"] is True and r.user_attrs["fused_k"] == 3 and r.user_attrs["pid"] == 1
+        assert r.user_attrs["tune_trial"] == "tune-g" and r.user_attrs["seconds"] > 0
+        saved = load_tuned(tmp_path / "ray", r.number, "tune-g")
+        want = tuned_tensors(alone.model, cand.selection, part)
+        assert set(saved) == set(want) and all(torch.allclose(saved[k], want[k], atol=1e-6) for k in want)
+    assert load_tuned(tmp_path / "ray", 1, "tune-g") is None  # the failed member saved nothing
+
+    # ASHA stops the group after epoch 1: the members still training are PRUNED at their epoch-1 scores
+    stopped = _searcher(tmp_path / "asha", trials=3, fuse_trials=4)
+    assert stopped.suggest("tune-g")["members"][0]["number"] == 0
+    stopped.on_trial_result("tune-g", reports[0])
+    stopped.on_trial_complete("tune-g", reports[0])
+    after = stopped.book.records()
+    assert [r.state for r in after] == ["PRUNED", "FAIL", "PRUNED"]
+    scores = json.loads(reports[0]["scores"])
+    assert after[2].intermediate == {1: pytest.approx(scores["2"])} and "1" not in scores
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_members_the_group_memory_limit_refuses_train_alone_with_the_reason(oracle, tmp_path, monkeypatch):
+    searcher = _searcher(tmp_path / "s", trials=2, fuse_trials=4)
+    config = searcher.suggest("tune-g")
+    run_trial, groups, _, _ = _group_payload(oracle, memory=1)  # one byte: no member fits the group
+    reports = _run_group(monkeypatch, tmp_path, config, run_trial, groups)
+    assert len(reports) == 1  # nothing trained fused: no epoch reports, one final
+    searcher.on_trial_complete("tune-g", reports[0])
+    records = searcher.book.records()
+    assert [r.state for r in records] == ["COMPLETE", "COMPLETE"]
+    assert all(r.user_attrs["fused"] is False and "memory limit" in r.user_attrs["unfused_reason"] for r in records)
+
+
+def test_group_sizes_follow_the_budget_left_per_slot_and_old_searcher_json_restores(tmp_path):
+    wide = _searcher(tmp_path / "a", trials=8, fuse_trials=8, slots=2)
+    sizes = [len(wide.suggest(f"t{i}")["members"]) for i in range(2)]
+    assert sizes == [4, 2]  # ceil(8 / 2), then ceil(4 / 2): both slots get work
+    (tmp_path / "old.json").write_text(json.dumps({"numbers": {"t": 3}, "dups": 0, "stop_reason": ""}))
+    old = _searcher(tmp_path / "b")
+    old.restore(str(tmp_path / "old.json"))  # 0.2 wrote one trial number per Tune trial
+    assert old.numbers == {"t": [3]}
+    assert "members" not in _searcher(tmp_path / "c").suggest("u")  # unfused: the one-trial config
+
+
+def test_a_fused_ray_search_on_the_cluster_matches_the_unfused_search(cluster, model, task, tmp_path):
+    from autosub.hpo.backends import RayBackend
+    from autosub.hpo.budget import Budget
+    from autosub.hpo.searching import search
+
+    kw = dict(selector="greedy", prior=None, epochs=2, seed=0, progress=False)
+    fused = search(model, task, Budget(trials=7, epoch_seconds=0.05), backend=RayBackend(address="auto"),
+                   training={"fuse": True, "fuse_trials": 4, "batch_size": 32}, run_dir=tmp_path / "fused", **kw)
+    alone = search(model, task, Budget(trials=7, epoch_seconds=0.05), training={"fuse": False, "batch_size": 32},
+                   run_dir=tmp_path / "alone", **kw)
+    assert [(r.number, r.state, r.selection) for r in fused.records] == [
+        (r.number, r.state, r.selection) for r in alone.records]
+    for a, b in zip(fused.records, alone.records):
+        assert (a.values is None) == (b.values is None) and (a.values is None or a.values == pytest.approx(
+            b.values, abs=1e-6)), a.number
+    groups = {}
+    for r in fused.records:
+        groups.setdefault(r.user_attrs["tune_trial"], []).append(r.number)
+        assert r.user_attrs["fused"] is True and r.user_attrs["node_ip"] == "127.0.0.2"
+    assert max(len(g) for g in groups.values()) >= 2 and len(groups) < len(fused.records)  # Tune trials hosted groups
+    assert fused.selection == alone.selection and fused.score == pytest.approx(alone.score, abs=1e-6)
+    from autosub.hpo.engines.ray import load_tuned
+
+    best = fused.records[fused.best_trial]
+    assert load_tuned(tmp_path / "fused" / "ray", best.number, best.user_attrs["tune_trial"]) is not None
+    for name, tensor in fused.state.items():  # the final model is the best member's checkpoint
+        assert torch.allclose(tensor, alone.state[name], atol=1e-6), name

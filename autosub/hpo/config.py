@@ -33,11 +33,13 @@ class TrainingConfig:
             blocks run once on the concatenation of the trials' batches; each trial's values equal its run alone).
             ``"auto"`` (default): on CUDA only — on a CPU fusing measured no gain (as ``profile(fuse="auto")``);
             ``True``: always; ``False``: never. The Optuna backend asks up to ``fuse_trials`` trials at a time;
-            ``backend="ray"`` and ``cv_folds`` run unfused (``fuse=True`` with either is refused).
+            with ``backend="ray"`` one Tune trial hosts a group of up to ``fuse_trials``; ``cv_folds`` runs
+            unfused (``fuse=True`` with it is refused).
         fuse_trials: the most trials one fused group trains at once (fewer when the budget has fewer left or the
             memory limit holds fewer).
         fuse_memory: bytes a fused group's trials may take for training (tuned tensors, gradients, AdamW moments,
-            activations); None: 80% of the free GPU memory on CUDA, half the available RAM on a CPU.
+            activations); None: 80% of the free GPU memory on CUDA, half the available RAM on a CPU (a Ray trial:
+            that times its share of the device, e.g. ``gpu=0.25``).
     """
 
     batch_size: int = 32

@@ -11,7 +11,7 @@ trials to ask and when; this module only trains them.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 from ..training.fused import COMPLETE, FAILED, PRUNED, FusedGroup, FusionError, TrialSpec
 from ..training.trainer import FitResult
@@ -28,19 +28,27 @@ class SearchGroups:
     """Fused groups for one search: every trial trains ``epochs`` epochs with ``seed``, as an unfused trial does.
 
     Args:
-        make_group: Builds the :class:`FusedGroup` (called on the first ``add``; may raise :class:`FusionError`).
+        make_group: Builds the :class:`FusedGroup` from the share of the device's memory this process may use
+            (called on the first ``add``; may raise :class:`FusionError`).
         to_outcome: A trial's :class:`FitResult` → its :class:`TrialOutcome` (the unfused path's own function).
         epochs: Epochs per trial.
         seed: The trials' seed (heads, data order).
         max_trials: The most trials one group trains at once.
+        tensors: A trained model and its selection → the tuned tensors a checkpoint holds (a Ray group saves each
+            member's; see :func:`autosub.model.subtune.tuned_tensors`).
     """
 
-    def __init__(self, make_group: Callable[[], FusedGroup], to_outcome: Callable[[FitResult], TrialOutcome], *,
-                 epochs: int, seed: int, max_trials: int) -> None:
-        self._make, self._to_outcome = make_group, to_outcome
+    def __init__(self, make_group: Callable[[float], FusedGroup], to_outcome: Callable[[FitResult], TrialOutcome], *,
+                 epochs: int, seed: int, max_trials: int,
+                 tensors: Callable[[Any, Any], dict[str, Any]] | None = None) -> None:
+        self._make, self._to_outcome, self.tensors = make_group, to_outcome, tensors
         self.epochs, self.seed, self.max_trials = int(epochs), int(seed), int(max_trials)
         self._group: FusedGroup | None = None
         self.broken = ""  # why this model cannot be fused (then every trial trains alone)
+        self.memory_share = 1.0  # a Ray worker on a fractional GPU sets its share before the first group
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_group": None}  # a Ray worker builds its own group (trunk copy, device)
 
     def fusable(self, candidate: Candidate) -> str:
         """Why ``candidate`` trains alone: the model cannot be fused (found on the first group); else ""."""
@@ -62,7 +70,7 @@ class SearchGroups:
         """
         try:
             if self._group is None:
-                self._group = self._make()
+                self._group = self._make(self.memory_share)
             spec = TrialSpec(candidate.selection, lr=candidate.lr, weight_decay=candidate.weight_decay,
                              lr_multipliers=dict(candidate.lr_multipliers) or None, epochs=self.epochs,
                              seed=self.seed, key=key, callback=report)

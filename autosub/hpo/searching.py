@@ -36,7 +36,7 @@ from ..selection.profiling import profile as run_profile
 from ..selection.stats import STATS
 from ..training.cache import ActivationCache
 from ..training.folds import CacheView, cv_folds_of, holdout_rows
-from ..training.fused import FusedGroup
+from ..training.fused import FusedGroup, default_memory
 from ..training.setup import BlocksSpec, Setup, blocks_spec, build_cache, prepare, with_head
 from ..training.trainer import evaluate, fit
 from .backends import Backend, RayBackend, resolve_backend
@@ -204,10 +204,6 @@ def _validate(budget: Any, *, selector: Any, space: Any, prior: Any, objectives:
         if chosen.name != "ray":
             raise ConfigError(f"{sorted(ray_opts)} apply only to backend='ray'; got backend={chosen.name!r}.")
         chosen = RayBackend(**{**{k: v for k, v in chosen.to_dict().items() if k != "name"}, **ray_opts})
-    if training.fuse is True and chosen.name != "optuna":
-        raise ConfigError(f"TrainingConfig(fuse=True) is not supported with backend={chosen.name!r} yet: a Ray Tune "
-                          "trial trains one study trial (ASHA, checkpoints and retries are per Tune trial); pass "
-                          "fuse=False or 'auto' (Ray trials then run unfused), or use backend='optuna'.")
     run_path = Path(run.run_dir) if run.run_dir is not None else Path("autosub-runs") / time.strftime("%Y%m%d-%H%M%S")
     return _Plan(budget=Budget.of(budget), selector=sel, prior=prior, spec=spec, objectives=objs, pruner=pruner,
                  epochs=int(epochs), seed=seed, backend=chosen, training=training, run=run, run_path=run_path,
@@ -432,16 +428,21 @@ def _run(plan: _Plan, state: _State, the_prior: Prior | None) -> EngineRun:
             attrs["resumed_from_epoch"] = res.resumed_from
         return TrialOutcome(values, attrs, res.model if fold_scores is None else None)
 
-    fuse = plan.backend.name == "optuna" and tr.fuses(setup.device)
+    fuse = tr.fuses(setup.device)
     groups = None
     if fuse:
-        def make_group() -> FusedGroup:
+        def make_group(share: float = 1.0) -> FusedGroup:
+            """The search's group; ``share``: the part of the device this process may fill (a Ray worker's GPU
+            fraction), which scales the default memory limit."""
+            memory = tr.fuse_memory
+            if memory is None and share < 1:
+                memory = max(1, int(default_memory(torch.device(setup.device)) * share))
             return FusedGroup(setup.model, setup.view, blocks=setup.partition, batch_size=tr.batch_size,
                               device=setup.device, amp=tr.amp, cache=state.cache if state.cache is not None else False,
-                              memory=tr.fuse_memory, seed=plan.seed, keep_models=True)
+                              memory=memory, seed=plan.seed, keep_models=True)
 
-        groups = SearchGroups(make_group, to_outcome, epochs=plan.epochs, seed=plan.seed,
-                              max_trials=tr.fuse_trials)
+        groups = SearchGroups(make_group, to_outcome, epochs=plan.epochs, seed=plan.seed, max_trials=tr.fuse_trials,
+                              tensors=lambda model, selection: tuned_tensors(model, selection, setup.partition))
     pruner = None if state.folds else plan.pruner  # cross-validated trials report once, at the end
     job = Job(space=bound, selector=plan.selector, context=ctx, run_trial=run_trial, budget=plan.budget,
               meter=state.meter, objectives=plan.objectives, pruner=pruner, progress=plan.run.progress,

@@ -56,7 +56,7 @@ from .setup import BlocksSpec, build_cache, prepare
 from .trainer import fit, validate_hparams
 
 __all__ = ["COMPLETE", "FAILED", "PRUNED", "REMOVED", "FusedGroup", "FusedOutcome", "FusionError", "GroupMemoryError",
-           "MemoryEstimate", "TrialSpec", "fit_many"]
+           "MemoryEstimate", "TrialSpec", "default_memory", "fit_many"]
 
 MiB = 2**20
 
@@ -117,7 +117,7 @@ class FusedGroup:
         self.cache_views = cache_views
         self.budget = budget
         self.augmented = self.task.train_transform is not None
-        self.memory_limit = int(memory) if memory is not None else _default_memory(dev)
+        self.memory_limit = int(memory) if memory is not None else default_memory(dev)
         self.prune_on = prune_on if prune_on is not None else _default_prune_on()
         self.keep_models = keep_models
         self.eval_batch_size = int(eval_batch_size)
@@ -564,7 +564,7 @@ def _with_key(s: TrialSpec, key: Hashable) -> TrialSpec:
     return replace(s, key=key)
 
 
-def _default_memory(device: torch.device) -> int:
+def default_memory(device: torch.device) -> int:
     """80% of the free GPU memory (CUDA), else half the RAM available now (MemAvailable: free pages plus the page
     cache the kernel can reclaim — free pages alone are a small share of the RAM of a machine that has run a
     while)."""

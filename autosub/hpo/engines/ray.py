@@ -33,6 +33,9 @@ Addresses: ``None`` reuses a running Ray session, else ``$RAY_ADDRESS``, else st
 ``"auto"`` joins the local cluster; ``"ray://host:10001"`` uses Ray Client (the Tune loop then runs on the
 head node: the study storage and ``run_dir`` must be reachable from there — use a database URL / shared FS).
 autosub must be installed on every node. The trial device is the one ``search()`` resolved.
+
+With fused trials (the Job carries a group runner) one Tune trial hosts a fused group of study trials
+(:mod:`autosub.hpo.engines.ray_fused`; the searcher's ``fuse_trials``).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from ...errors import ConfigError, SearchAborted
 from ..backends import RayBackend
 from ._study import Hooks
 from .base import Engine, EngineRun, Job
+from .ray_fused import train_group
 from .ray_search import SelectorSearcher, dirname, driver_hooks, load_tuned, settle_not_rerun, train_trial
 
 __all__ = ["LOOPBACK", "RayEngine", "capacity", "connect", "default_resources", "load_tuned", "local_security",
@@ -109,9 +113,11 @@ class RayEngine(Engine):
             book.fail_stale(single_driver=True)
         if self.exists and not restore:
             book.requeue_unrun()
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, payload=[ray.put(job.run_trial)], epochs=ctx.epochs),
-            dict(self.resources))
+        payload = [ray.put((job.run_trial, job.fused))]  # one put: the two share the model, data and cache
+        fuse_trials = int(job.fused.max_trials) if job.fused is not None else 0
+        train = (tune.with_parameters(train_group, payload=payload, epochs=ctx.epochs, resources=dict(self.resources))
+                 if fuse_trials else tune.with_parameters(train_trial, payload=payload, epochs=ctx.epochs))
+        trainable = tune.with_resources(train, dict(self.resources))
         searcher: SelectorSearcher | None = None
         follow_up = False
         try:
@@ -134,7 +140,8 @@ class RayEngine(Engine):
                                                 resume_errored=False))
                     else:
                         searcher = SelectorSearcher(key=key, book=book, budget=budget, meter=meter, experiment=exp,
-                                                    single_driver=not self.store.join)
+                                                    single_driver=not self.store.join, fuse_trials=fuse_trials,
+                                                    slots=self.slots)
                         scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="score", mode="max",
                                                                    max_t=ctx.epochs, grace_period=1,
                                                                    reduction_factor=3)
@@ -163,7 +170,8 @@ class RayEngine(Engine):
         records = book.records()
         done = [r for r in records if r.state == "COMPLETE" and r.values]
         best = max(done, key=lambda r: (r.values[0], -r.number)) if done else None
-        tuned = load_tuned(root, best.number, best.user_attrs.get("tune_trial")) if best is not None else None
+        tuned = (load_tuned(root, int(best.user_attrs.get("continues", best.number)), best.user_attrs.get("tune_trial"))
+                 if best is not None else None)
         log.info("search stopped: %s", stop)
         return EngineRun(records=records, stop_reason=stop, best_number=None, best_model=None,
                          study_name=self.store.study_name, storage=self.store.url, study=study, best_state=tuned)

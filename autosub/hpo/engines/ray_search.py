@@ -27,7 +27,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -41,12 +41,13 @@ from ..result import TrialRecord
 from ..space import Candidate
 from ._study import MAX_DUPLICATES, Hooks, StudyBook
 
-__all__ = ["SelectorSearcher", "driver_hooks", "dirname", "load_tuned", "settle_not_rerun", "started",
-           "train_trial"]
+__all__ = ["SelectorSearcher", "candidate_of", "driver_hooks", "dirname", "fetch_payload", "load_tuned",
+           "json_default", "settle_not_rerun", "started", "train_trial", "where_am_i"]
 
 log = logging.getLogger(__name__)
 
 RECORD = "trial.json"
+MEMBERS = "members"  # a fused group's checkpoint: members/<study trial number>/tuned.safetensors
 WHERE = ("node_id", "node_ip", "pid", "gpu_ids", "threads", "seconds", "started_at")
 LOST = "lost: the driver stopped before Ray Tune recorded this trial; re-enqueued"
 UNLABELLED = "lost: the driver stopped while it asked for this trial, before Ray Tune got it; re-enqueued"
@@ -78,15 +79,20 @@ class SelectorSearcher(Searcher):
         experiment: The Tune experiment's name, recorded on every trial it starts.
         single_driver: No other driver shares the study (not ``resume="join"``): after a restore, a RUNNING
             trial that no experiment claims was asked by the dead driver.
+        fuse_trials: 0: a Tune trial trains one study trial; K ≥ 1: a Tune trial hosts a fused group of up to K
+            study trials (:mod:`autosub.hpo.engines.ray_fused`; fewer when the budget or the selector's queue,
+            spread over ``slots``, has fewer).
+        slots: How many Tune trials run at once (groups are sized so that each slot gets work).
     """
 
     def __init__(self, *, key: str, book: StudyBook, budget: Budget, meter: Meter, experiment: str,
-                 single_driver: bool = True) -> None:
+                 single_driver: bool = True, fuse_trials: int = 0, slots: int = 1) -> None:
         super().__init__(metric="score", mode="max")
         self.key, self.book, self.budget, self.meter, self.experiment = key, book, budget, meter, experiment
         self.single_driver = single_driver
+        self.fuse_trials, self.slots = int(fuse_trials), max(1, int(slots))
         self.samples = book.selector.samples
-        self.numbers: dict[str, int] = {}  # Tune trial id → study trial number, for the trials Tune runs
+        self.numbers: dict[str, list[int]] = {}  # Tune trial id → its study trials' numbers (a group: several)
         self.continued: dict[int, dict[int, float]] = {}  # lost trials Tune continues → their intermediate values
         self.stop_reason = ""
         self._held: dict[int, optuna.Trial] = {}  # the Trials this process asked for, while they run
@@ -100,14 +106,22 @@ class SelectorSearcher(Searcher):
 
     # -- what to run next ----------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The next Tune trial's config: one study trial, or (fused) a group of them under ``"members"``."""
         self._reconcile()
         book = self.book
-        for _ in range(MAX_DUPLICATES + 1):
+        cap = self._group_cap()
+        members: list[dict[str, Any]] = []
+        dups = 0
+        while len(members) < cap and dups <= MAX_DUPLICATES:
             reason = self.stop_reason or self._exhausted()
             if reason:
+                if members:
+                    break
                 self.stop_reason = reason
                 return Searcher.FINISHED
             if not self.samples and not book.has(TrialState.WAITING):
+                if members:
+                    break
                 if book.has(TrialState.RUNNING):
                     return None  # an adaptive selector waits for its running trials
                 self.stop_reason = "selector finished"
@@ -119,59 +133,111 @@ class SelectorSearcher(Searcher):
             book.label(trial, cand, ray_experiment=self.experiment)
             verdict = book.screen(trial, cand)
             if verdict is None:
-                self.numbers[trial_id] = trial.number
                 self._held[trial.number] = trial
                 trial.set_user_attr("tune_trial", trial_id)
-                return {"number": trial.number, "selection": list(cand.selection), "lr": cand.lr,
-                        "weight_decay": cand.weight_decay, "lr_multipliers": sorted(cand.lr_multipliers.items())}
+                members.append({"number": trial.number, "selection": list(cand.selection), "lr": cand.lr,
+                                "weight_decay": cand.weight_decay,
+                                "lr_multipliers": sorted(cand.lr_multipliers.items())})
+                continue
+            dups += 1
             if verdict.values is None:
                 book.study.tell(trial, state=TrialState.FAIL)
             else:
                 book.study.tell(trial, verdict.values)
             self.stop_reason = self.stop_reason or book.after(trial.number, self._hooks()) or ""
-        return None
+        if not members:
+            return None
+        self.numbers[trial_id] = [m["number"] for m in members]
+        if not self.fuse_trials:
+            return members[0]
+        return {"number": members[0]["number"], "members": members}
+
+    def _group_cap(self) -> int:
+        """How many study trials the next Tune trial hosts: 1 unfused; fused, at most ``fuse_trials`` and no more
+        than the trial budget (or an adaptive selector's queue) has left per slot, so every slot gets work."""
+        if not self.fuse_trials:
+            return 1
+        if not self.samples:
+            left: int | None = len(self.book.trials(TrialState.WAITING))
+        elif self.budget.trials is not None:
+            left = self.budget.trials - self.book.spent_trials(running=True)
+        else:
+            left = None
+        return self.fuse_trials if left is None else max(1, min(self.fuse_trials, math.ceil(left / self.slots)))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._reconcile()
-        number = self.numbers.get(trial_id)
-        if number is None or self.book.multi or result.get("final") or "epoch" not in result:
+        numbers = self.numbers.get(trial_id)
+        if not numbers or result.get("final") or "epoch" not in result:
+            return
+        for number, outcome in _members(result, "ended").items():  # members that left a group mid-way
+            if number in numbers:
+                numbers.remove(number)
+                self._end(number, outcome, result)
+        if self.book.multi:
             return  # Optuna records intermediate values for one objective only
-        if number in self._held:
-            self._held[number].report(float(result["score"]), int(result["epoch"]))
-        elif number in self.continued:
-            self.continued[number][int(result["epoch"])] = float(result["score"])
+        epoch = int(result["epoch"])
+        scores = _members(result, "scores") if "scores" in result else {numbers[0]: float(result["score"])}
+        for number, score in scores.items():
+            if number not in numbers:
+                continue
+            if number in self._held:
+                self._held[number].report(float(score), epoch)
+            elif number in self.continued:
+                self.continued[number][epoch] = float(score)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._reconcile()
-        number = self.numbers.pop(trial_id, None)
         result = result or {}
-        if number is None:
-            number = result.get("number")
-        if number is None:
-            return
-        number = int(number)
+        numbers = self.numbers.pop(trial_id, None)
+        if numbers is None:
+            numbers = [int(result["number"])] if result.get("number") is not None else []
+        ended = _members(result, "final_members") if result.get("final") and "final_members" in result else None
+        for number in numbers:
+            if ended is not None:  # a fused group ran to its end: each member as it ended
+                self._end(number, ended.get(number, {"fail_reason": "the fused group did not train it"}), result)
+                continue
+            if error or (result.get("final") and result.get("fail_reason")):
+                outcome = {"fail_reason": result.get("fail_reason") or ("the trial's Ray worker failed "
+                                                                        "(max_failures retries used up)"),
+                           "abort": bool(result.get("abort")), "seconds": result.get("seconds")}
+            elif result.get("final"):
+                outcome = {"values": result["values"], "attrs": json.loads(result.get("attrs", "{}")),
+                           "seconds": result.get("seconds")}
+            else:  # stopped by the scheduler (ASHA) after an intermediate epoch
+                scores = _members(result, "scores") if "scores" in result else {number: result.get("score")}
+                outcome = {"pruned": True, "score": scores.get(number)}
+            self._end(number, outcome, result)
+
+    def _end(self, number: int, outcome: dict[str, Any], result: dict[str, Any]) -> None:
+        """Tell the study how study trial ``number`` ended: ``outcome`` holds ``values`` + ``attrs`` (complete),
+        ``fail_reason`` (failed) or ``pruned`` + the last ``score``; ``result`` the Tune result it came with (where
+        it ran)."""
         meter = self._meter()
         attrs: dict[str, Any] = {k: result[k] for k in WHERE if k in result}
-        if "seconds" in result and meter.epoch_seconds:
-            attrs["compute"] = meter.to_compute(float(result["seconds"]))
+        seconds = outcome.get("seconds", result.get("seconds"))
+        if seconds is not None:
+            attrs["seconds"] = float(seconds)
+            if meter.epoch_seconds:
+                attrs["compute"] = meter.to_compute(float(seconds))
         if not math.isnan(meter.compute):
             attrs["cum_compute"] = meter.compute
         values, intermediate = None, {}
-        if error or (result.get("final") and result.get("fail_reason")):
+        if outcome.get("fail_reason"):
             state = TrialState.FAIL
-            attrs["fail_reason"] = result.get("fail_reason") or ("the trial's Ray worker failed (max_failures "
-                                                                 "retries used up)")
+            attrs.update(outcome.get("attrs") or {})
+            attrs["fail_reason"] = outcome["fail_reason"]
             log.warning("trial %d failed: %s", number, attrs["fail_reason"])
-            if result.get("abort"):
+            if outcome.get("abort"):
                 self.stop_reason = f"aborted: {attrs['fail_reason']}"
-        elif result.get("final"):
-            state = TrialState.COMPLETE
-            attrs.update(json.loads(result.get("attrs", "{}")))
-            values = [float(v) for v in result["values"]]
-        else:  # stopped by the scheduler (ASHA) after an intermediate epoch
+        elif outcome.get("pruned"):
             state = TrialState.PRUNED
-            if "epoch" in result and not self.book.multi:
-                intermediate = {int(result["epoch"]): float(result["score"])}
+            if outcome.get("score") is not None and "epoch" in result and not self.book.multi:
+                intermediate = {int(result["epoch"]): float(outcome["score"])}
+        else:
+            state = TrialState.COMPLETE
+            attrs.update(outcome.get("attrs") or {})
+            values = [float(v) for v in outcome["values"]]
         recorded = self._record(number, state, values, attrs, intermediate)
         if recorded is not None:
             self.stop_reason = self.stop_reason or self.book.after(recorded, self._hooks()) or ""
@@ -183,8 +249,10 @@ class SelectorSearcher(Searcher):
         if trial is not None:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            seen = self.book.frozen(number).intermediate_values if intermediate else {}
             for step, score in intermediate.items():
-                trial.report(score, step)
+                if step not in seen:  # on_trial_result reported it already
+                    trial.report(score, step)
             if state == TrialState.COMPLETE:
                 self.book.study.tell(trial, values if self.book.multi else values[0])
             else:
@@ -207,7 +275,8 @@ class SelectorSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         try:
             state = json.loads(Path(checkpoint_path).read_text())
-            self.numbers = {str(k): int(v) for k, v in state["numbers"].items()}
+            self.numbers = {str(k): [int(n) for n in (v if isinstance(v, list) else [v])]  # 0.2: one int per trial
+                            for k, v in state["numbers"].items()}
             self.book.dups, self.stop_reason = int(state["dups"]), str(state["stop_reason"])
             self.continued = {int(n): {int(e): float(s) for e, s in steps.items()}
                               for n, steps in state.get("continued", {}).items()}
@@ -226,7 +295,7 @@ class SelectorSearcher(Searcher):
         if not self._restored or self._reconciled:
             return
         self._reconciled = True
-        known = set(self.numbers.values())  # the trials Tune's restored snapshot knows (and runs again)
+        known = {n for ns in self.numbers.values() for n in ns}  # the trials Tune's snapshot knows (and runs again)
         for t in self.book.trials(TrialState.RUNNING):
             if t.number in self._held:
                 continue
@@ -264,26 +333,43 @@ class SelectorSearcher(Searcher):
 
 
 # ------------------------------------------------------------------------------------------- in the worker
-_PAYLOAD: dict[str, Callable] = {}  # in a worker process: the search's run_trial, unpickled once per search
+_PAYLOAD: dict[str, Any] = {}  # in a worker process: the search's (run_trial, groups), unpickled once per search
+
+
+def fetch_payload(payload: list) -> Any:
+    """The search's payload (``payload``: [its ObjectRef]), fetched once per worker process and search: a reused
+    worker keeps the model, the data and the cache it fetched."""
+    import ray
+
+    ref = payload[0]
+    if ref.hex() not in _PAYLOAD:
+        _PAYLOAD.clear()
+        _PAYLOAD[ref.hex()] = ray.get(ref)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per trial otherwise
+    return _PAYLOAD[ref.hex()]
+
+
+def where_am_i(number: int) -> dict[str, Any]:
+    """Where a Tune trial runs (node, process, GPUs, threads): recorded on each of its study trials."""
+    import ray
+    import torch
+
+    return {"number": number, "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "threads": torch.get_num_threads()}
+
+
+def candidate_of(config: dict[str, Any]) -> Candidate:
+    """A suggested config (or a group member's) → the candidate it trains."""
+    return Candidate(tuple(config["selection"]), float(config["lr"]), float(config["weight_decay"]),
+                     {int(i): float(m) for i, m in config["lr_multipliers"]})
 
 
 def train_trial(config: dict[str, Any], payload: list, epochs: int = 1) -> None:
     """One trial on a Ray worker: train through the Job's ``run_trial`` (``payload``: [its ObjectRef]); after each
     epoch report and checkpoint the run's FitState."""
-    import ray
-
-    ref = payload[0]
-    if ref.hex() not in _PAYLOAD:  # a reused worker keeps the model, the data and the cache it fetched
-        _PAYLOAD.clear()
-        _PAYLOAD[ref.hex()] = ray.get(ref)
-    run_trial = _PAYLOAD[ref.hex()]
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per trial otherwise
-    number = int(config["number"])
-    import torch
-
-    where = {"number": number, "node_id": ray.get_runtime_context().get_node_id(),
-             "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "threads": torch.get_num_threads()}
+    run_trial, _ = fetch_payload(payload)
+    where = where_am_i(int(config["number"]))
     resume: FitState | None = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a retry: a finished trial reports what it found, an unfinished one resumes
@@ -292,8 +378,7 @@ def train_trial(config: dict[str, Any], payload: list, epochs: int = 1) -> None:
                 tune.report(json.loads((Path(d) / RECORD).read_text()), checkpoint=ckpt)
                 return
             resume = FitState.load(d)
-    cand = Candidate(tuple(config["selection"]), float(config["lr"]), float(config["weight_decay"]),
-                     {int(i): float(m) for i, m in config["lr_multipliers"]})
+    cand = candidate_of(config)
     meta = selection_metadata(cand.selection)
 
     ends: list[float] = []  # wall-clock end of each epoch: a timeline (benchmarks/gpu_packing.py reads it)
@@ -319,28 +404,38 @@ def train_trial(config: dict[str, Any], payload: list, epochs: int = 1) -> None:
                      "seconds": round(time.perf_counter() - t0, 4)})
         return
     final.update(score=float(out.values[0]), values=[float(v) for v in out.values], seconds=round(
-        time.perf_counter() - t0, 4), attrs=json.dumps({**out.attrs, "epoch_end_times": ends}, default=_plain))
+        time.perf_counter() - t0, 4), attrs=json.dumps({**out.attrs, "epoch_end_times": ends}, default=json_default))
     with tempfile.TemporaryDirectory() as d:
         if last:  # the tuned tensors and the optimizer state after the last epoch
             last[0].save(d, meta)
-        (Path(d) / RECORD).write_text(json.dumps(final, default=_plain))
+        (Path(d) / RECORD).write_text(json.dumps(final, default=json_default))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _plain(x: Any) -> Any:
+def _members(result: dict[str, Any], key: str) -> dict[int, Any]:
+    """A group's per-member JSON field of a Tune result (``{"<number>": …}``) by study trial number."""
+    raw = result.get(key)
+    return {int(n): v for n, v in json.loads(raw).items()} if raw else {}
+
+
+def json_default(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else (list(x) if isinstance(x, (tuple, set)) else str(x))
 
 
 def load_tuned(root: Path, number: int, tune_trial: str | None = None) -> dict[str, Any] | None:
     """The tuned tensors trial ``number`` checkpointed (any experiment of the study), or None.
 
-    ``tune_trial`` finds a trial recorded under a new number (a continued run keeps its Tune directory).
+    ``tune_trial`` finds a trial recorded under a new number (a continued run keeps its Tune directory) and a
+    member of a fused group (its tensors are under ``members/<number>/`` of the group's checkpoint).
     """
     from safetensors.torch import load_file
 
     pattern = f"trial_*_{tune_trial}" if tune_trial else f"trial_{number:05d}_*"
-    hits = sorted(root.glob(f"*/{pattern}/checkpoint_*/{TUNED}"), key=lambda p: p.stat().st_mtime)
-    return load_file(str(hits[-1])) if hits else None
+    for d in sorted(root.glob(f"*/{pattern}/checkpoint_*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        for path in (d / MEMBERS / str(number) / TUNED, d / TUNED):
+            if path.exists():
+                return load_file(str(path))
+    return None
 
 
 def settle_not_rerun(book: StudyBook, experiment: str) -> list[int]:
