@@ -3,7 +3,8 @@
 Tiny CI-size trials (timm's ``test_resnet``, untrained, on 16 px synthetic images, 1 epoch, batch 32) searched with
 the public ``autosub.search`` for 8, 32 and 128 trials, on the Optuna engine (in process, its default storage: a
 journal file in the run directory) and the Ray engine (local Ray, one trial at a time on one CPU, so both engines do
-the same serial work with one torch thread), with ``--fused`` the Optuna engine with fused trials, and with
+the same serial work with one torch thread), with ``--fused`` the Optuna engine with fused trials, with
+``--ray-fused`` the Ray engine with fused trials (one Tune trial hosts a group of up to 8), and with
 ``--sqlite`` the Optuna engine on the earlier default storage, SQLite in the run directory
 (``optuna-sqlite``). Measured only through the public API: ``search()``'s wall clock, a ``RunConfig`` callback
 (its clock time when each trial is told), each trial's ``seconds`` attribute (the time inside the trial function:
@@ -27,6 +28,8 @@ with ``overhead_share = {engine: {trials: share}}``.
     python benchmarks/bench_overhead.py --quick --no-ray                  # 8, 32 trials, Optuna only
     python benchmarks/bench_overhead.py --fused                           # + the Optuna engine with fused trials
     python benchmarks/bench_overhead.py --no-ray --sqlite                 # journal (default) vs SQLite, one run
+    RAY_AUTH_MODE=disabled python benchmarks/bench_overhead.py --ray-fused --trials 8,32 \
+        --out benchmarks/results/overhead_ray_fused.json                 # Ray: one trial per Tune trial vs groups
 """
 from __future__ import annotations
 
@@ -66,8 +69,8 @@ def make_task(n: int, px: int, seed: int = 0) -> Task:
 def one_search(model, task, trials: int, engine: str) -> dict:
     """One search of ``trials`` tiny trials on ``engine`` ("optuna", "optuna-fused": the Optuna engine with
     ``TrainingConfig(fuse=True)``, "optuna-sqlite": on SQLite, "ray"); the overhead numbers of the module docs."""
-    backend = "ray" if engine == "ray" else "optuna"
-    training = {"fuse": engine == "optuna-fused"}
+    backend = "ray" if engine.startswith("ray") else "optuna"
+    training = {"fuse": engine.endswith("-fused")}
     told: list[tuple[float, float, str]] = []  # (clock when told, trial seconds, state)
 
     def on_trial(record, _model) -> None:
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-ray", action="store_true", help="Optuna engine only")
     ap.add_argument("--fused", action="store_true",
                     help="also the Optuna engine with fused trials (TrainingConfig(fuse=True)) as 'optuna-fused'")
+    ap.add_argument("--ray-fused", action="store_true",
+                    help="also the Ray engine with fused trials (one Tune trial hosts a group) as 'ray-fused'")
     ap.add_argument("--sqlite", action="store_true",
                     help="also the Optuna engine on SQLite (the earlier default storage) as 'optuna-sqlite'")
     ap.add_argument("--ray-max", type=int, default=128, help="largest trial count run on Ray")
@@ -169,22 +174,23 @@ def main(argv: list[str] | None = None) -> dict:
     task = make_task(args.examples, args.image_size)
     n_blocks = len(autosub.discover_blocks(model))
     engines = ["optuna"] + (["optuna-sqlite"] if args.sqlite else []) + (["optuna-fused"] if args.fused else []) \
-        + ([] if args.no_ray else ["ray"])
+        + ([] if args.no_ray else ["ray"]) + (["ray-fused"] if args.ray_fused else [])
     runs: dict[str, dict[str, dict]] = {e: {} for e in engines}
     # the in-process engines interleaved per trial count (a drift of the machine's load hits them alike), Ray last
-    order = [(e, n) for n in counts for e in engines if e != "ray"] + \
-        [("ray", n) for n in counts if "ray" in engines and n <= args.ray_max]
+    order = [(e, n) for n in counts for e in engines if not e.startswith("ray")] + \
+        [(e, n) for n in counts for e in engines if e.startswith("ray") and n <= args.ray_max]
     for engine, n in order:
         r = one_search(model, task, n, engine)
         runs[engine][str(n)] = r
         print(f"{engine:>13} {n:>4} trials: train {r['train_s_per_trial']:.3f} s/trial, overhead "
               f"{r['overhead_s_per_trial']:.3f} s/trial → share {r['overhead_share']:.1%} (with start-up "
               f"{r['startup_s']:.1f} s: {r['overhead_share_total']:.1%}); load {os.getloadavg()[0]:.1f}", flush=True)
-    if "ray" in engines:
+    if any(e.startswith("ray") for e in engines):
         import ray
 
         ray.shutdown()
     attrs = int(max(r["user_attrs_per_trial"] for r in runs["optuna"].values()))
+    runs = {e: v for e, v in runs.items() if v}
     base = {st: {str(n): optuna_only(n, n_blocks, attrs, st) for n in counts} for st in ("sqlite", "journal", "memory")}
     result = {
         "overhead_share": {e: {n: r["overhead_share"] for n, r in v.items()} for e, v in runs.items()},
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "ray": "local, one trial at a time on 1 CPU (1 torch thread)",
                    "optuna-fused": "the Optuna engine with TrainingConfig(fuse=True): up to 8 trials per group; "
                                    "a trial's seconds are its share of the group's wall time",
+                   "ray-fused": "the Ray engine with TrainingConfig(fuse=True): one Tune trial hosts up to 8 trials",
                    "threads": args.threads, "trials": counts},
         "machine": {**describe_machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()},
         "command": "python " + " ".join(["benchmarks/bench_overhead.py",
