@@ -54,6 +54,19 @@ def test_micro_run_writes_one_cell_per_strategy_and_a_full_report(micro):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
 
 
+def test_a_zero_cost_cell_made_with_another_shipped_corpus_is_recomputed(micro, monkeypatch):
+    """The predictor and the single statistics depend on the shipped corpus: a cell made with an older one is stale."""
+    import autosub.selection.predictor as predictor
+
+    config, out, _ = micro
+    assert len(predictor.shipped_fingerprint()) == 16  # the real digest: the corpus files + the parameters
+    before = {s: fingerprint(config, s) for s in ("predictor", "tpe-predictor", "auto-rgn", "linear-probe")}
+    monkeypatch.setattr(predictor, "shipped_fingerprint", lambda: "another-corpus")
+    after = {s: fingerprint(config, s) for s in before}
+    assert all(after[s] != before[s] for s in ("predictor", "tpe-predictor", "auto-rgn"))
+    assert after["linear-probe"] == before["linear-probe"]  # a baseline's cells do not depend on it
+
+
 def test_resume_skips_finished_cells_and_recomputes_a_corrupted_one(micro):
     config, out, _ = micro
     again = run_benchmark(config, out)

@@ -415,9 +415,18 @@ class WithEndpoints(SearchStrategy):
         return Outcome(chosen.selection, val, chosen.model, chosen.hparams, extra)
 
 
+class ZeroCostStrategy(SearchStrategy):
+    """A search whose ranking comes from network statistics (no profile), their seconds charged to the allowance.
+    Its description names the shipped corpus, so cells made with another corpus or predictor are recomputed."""
+
+    def describe(self) -> dict[str, Any]:
+        from ..selection.predictor import shipped_fingerprint
+
+        return {**super().describe(), "corpus": shipped_fingerprint()}
+
+
 def _zero_cost(selector: str, *, prior: str = "auto", pruner: Any = None) -> Callable[[], BaseStrategy]:
-    """A search strategy whose ranking comes from network statistics (no profile), charged to the allowance."""
-    return lambda: SearchStrategy(selector, prior=prior, pruner=pruner)
+    return lambda: ZeroCostStrategy(selector, prior=prior, pruner=pruner)
 
 
 register_strategy("linear-probe", LinearProbe)

@@ -15,6 +15,7 @@ ranking agrees with another's at a Spearman of only ~0.56). It is fitted from th
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -375,6 +376,20 @@ def _pairs(xs: list[np.ndarray], ys: list[np.ndarray], margin: float = 0.25) -> 
         dx += [d, -d]
         dy += [lab, 1 - lab]
     return np.vstack(dx), np.concatenate(dy)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_fingerprint() -> str:
+    """A short digest of the shipped corpus files and the default predictor's parameters: what every zero-cost
+    ranking depends on besides the model and task (a benchmark cell made with another corpus is stale)."""
+    h = hashlib.sha256()
+    files = sorted((f for f in resources.files(__package__).joinpath("corpus").iterdir() if f.name.endswith(".json")),
+                   key=lambda f: f.name)
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    h.update(json.dumps(LayerPredictor().get_params(), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)
