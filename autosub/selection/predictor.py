@@ -91,10 +91,16 @@ class CorpusEntry:
         return (self.model, self.dataset)
 
 
+def _shipped_files() -> list[Any]:
+    """The corpus JSON files shipped in the package, by name."""
+    return sorted((f for f in resources.files(__package__).joinpath("corpus").iterdir() if f.name.endswith(".json")),
+                  key=lambda f: f.name)
+
+
 def load_corpus(path: str | Path | None = None) -> list[CorpusEntry]:
     """Read every ``*.json`` entry of the corpus folder (default: the one shipped in the package), sorted by id."""
     if path is None:
-        files = [f for f in resources.files(__package__).joinpath("corpus").iterdir() if f.name.endswith(".json")]
+        files = _shipped_files()
     else:
         folder = Path(path)
         if not folder.is_dir():
@@ -383,9 +389,7 @@ def shipped_fingerprint() -> str:
     """A short digest of the shipped corpus files and the default predictor's parameters: what every zero-cost
     ranking depends on besides the model and task (a benchmark cell made with another corpus is stale)."""
     h = hashlib.sha256()
-    files = sorted((f for f in resources.files(__package__).joinpath("corpus").iterdir() if f.name.endswith(".json")),
-                   key=lambda f: f.name)
-    for f in files:
+    for f in _shipped_files():
         h.update(f.name.encode())
         h.update(f.read_bytes())
     h.update(json.dumps(LayerPredictor().get_params(), sort_keys=True, default=str).encode())
